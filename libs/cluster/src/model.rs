@@ -1,0 +1,95 @@
+//! The records stored in the metastore and the in-memory view built from them.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::topic_config::TopicConfig;
+
+/// A live storage node (its key exists only while its lease is kept alive).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub node_id: i32,
+    /// host:port of the node's gRPC server, as clients should dial it.
+    pub address: String,
+    #[serde(default)]
+    pub rack: String,
+    pub started_at_ms: i64,
+}
+
+/// The active controller (a coordinator instance), under its lease.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ControllerRecord {
+    pub instance_id: i32,
+    /// host:port of that coordinator's gRPC server.
+    pub address: String,
+    pub elected_at_ms: i64,
+}
+
+/// A topic as created; partitions are stored separately.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicRecord {
+    pub name: String,
+    pub topic_id: String,
+    pub partitions: i32,
+    pub replication_factor: i32,
+    /// Only the configs set explicitly on the topic.
+    #[serde(default)]
+    pub configs: BTreeMap<String, String>,
+    pub created_at_ms: i64,
+}
+
+/// One partition's replica set and leadership.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionRecord {
+    /// Node id of the leader, -1 when none is live (offline).
+    pub leader: i32,
+    /// Bumped on every leader change; stamped into each batch the leader writes.
+    pub leader_epoch: i32,
+    pub replicas: Vec<i32>,
+    pub isr: Vec<i32>,
+}
+
+impl PartitionRecord {
+    pub fn is_offline(&self) -> bool {
+        self.leader < 0
+    }
+}
+
+/// A topic with its partitions, as the watcher sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicState {
+    pub record: TopicRecord,
+    pub config: TopicConfig,
+    /// May hold fewer than `record.partitions` entries briefly while a topic
+    /// is being created.
+    pub partitions: BTreeMap<i32, PartitionRecord>,
+}
+
+/// Everything the metastore says about a cluster, at one revision.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClusterMetadata {
+    pub revision: i64,
+    pub cluster_id: Option<String>,
+    pub controller: Option<ControllerRecord>,
+    pub nodes: BTreeMap<i32, NodeRecord>,
+    pub topics: BTreeMap<String, TopicState>,
+    /// Partition records whose topic record is not (or no longer) there.
+    pub orphan_partitions: BTreeMap<String, BTreeMap<i32, PartitionRecord>>,
+}
+
+impl ClusterMetadata {
+    pub fn topic(&self, name: &str) -> Option<&TopicState> {
+        self.topics.get(name)
+    }
+
+    pub fn partition(&self, topic: &str, partition: i32) -> Option<&PartitionRecord> {
+        self.topics.get(topic)?.partitions.get(&partition)
+    }
+
+    /// The node leading a partition, if it is live.
+    pub fn leader_node(&self, topic: &str, partition: i32) -> Option<&NodeRecord> {
+        let p = self.partition(topic, partition)?;
+        self.nodes.get(&p.leader)
+    }
+}

@@ -1,0 +1,491 @@
+//! The controller: election, topic creation and deletion, and leadership
+//! reconciliation.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use runnel_cluster::topic_config::{self, validate_topic_name};
+use runnel_cluster::{
+    ClusterMetadata, ControllerRecord, Keys, MetadataWatcher, PartitionRecord, TopicRecord, now_ms,
+};
+use runnel_metastore::{CasOutcome, LeaseId, MetaStore};
+use tokio::sync::Mutex;
+
+use crate::config::CoordinatorConfig;
+use crate::error::CoordinatorError;
+
+/// A topic creation request, after defaults are applied.
+#[derive(Debug, Clone)]
+pub struct NewTopic {
+    pub name: String,
+    pub partitions: i32,
+    pub replication_factor: i32,
+    pub configs: BTreeMap<String, String>,
+}
+
+/// The controller state shared by the election loop and the gRPC handlers.
+#[derive(Debug)]
+pub struct Controller {
+    pub store: Arc<dyn MetaStore>,
+    pub keys: Keys,
+    pub watcher: MetadataWatcher,
+    pub config: CoordinatorConfig,
+    pub advertised: String,
+    active: AtomicBool,
+    /// Serialises topic changes so assignments see each other.
+    topic_lock: Mutex<()>,
+}
+
+impl Controller {
+    pub async fn new(
+        store: Arc<dyn MetaStore>,
+        config: CoordinatorConfig,
+        advertised: String,
+    ) -> Result<Arc<Self>, CoordinatorError> {
+        let keys = Keys::new(&config.cluster);
+        let watcher = MetadataWatcher::start(store.clone(), keys.clone()).await?;
+        Ok(Arc::new(Controller {
+            store,
+            keys,
+            watcher,
+            config,
+            advertised,
+            active: AtomicBool::new(false),
+            topic_lock: Mutex::new(()),
+        }))
+    }
+
+    /// True while this instance holds the controller lease.
+    pub fn is_active(&self) -> bool {
+        self.active.load(Ordering::SeqCst)
+    }
+
+    /// Campaigns for the controller role until `shutdown` fires; while
+    /// active, keeps the lease alive and reconciles on every metadata change.
+    pub async fn run(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        let ttl = Duration::from_secs(self.config.lease_ttl_secs.max(2));
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            match self.campaign(ttl).await {
+                Ok(Some(lease)) => {
+                    tracing::info!(instance = self.config.instance_id, "became the active controller");
+                    metrics::counter!("runnel_controller_elections_total").increment(1);
+                    self.active.store(true, Ordering::SeqCst);
+                    metrics::gauge!("runnel_controller_active").set(1.0);
+                    let resigned = self.lead(lease, ttl, &mut shutdown).await;
+                    self.active.store(false, Ordering::SeqCst);
+                    metrics::gauge!("runnel_controller_active").set(0.0);
+                    if resigned {
+                        // Clean shutdown: hand over at once.
+                        let _ = self.store.revoke_lease(lease).await;
+                        return;
+                    }
+                    tracing::warn!("lost the controller lease; standing by");
+                }
+                Ok(None) => {
+                    // Someone else leads: wait until their key goes away.
+                    let gone = self
+                        .watcher
+                        .wait_until(ttl * 3, |md| md.controller.is_none())
+                        .await;
+                    if gone.is_none() {
+                        continue;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "controller campaign failed; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = shutdown.changed() => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Tries once to create the controller key; returns the lease if won.
+    async fn campaign(&self, ttl: Duration) -> Result<Option<LeaseId>, CoordinatorError> {
+        if self.watcher.current().controller.is_some() {
+            return Ok(None);
+        }
+        let lease = self.store.grant_lease(ttl).await?;
+        let record = ControllerRecord {
+            instance_id: self.config.instance_id,
+            address: self.advertised.clone(),
+            elected_at_ms: now_ms(),
+        };
+        let value = Bytes::from(serde_json::to_vec(&record).unwrap_or_default());
+        match self
+            .store
+            .compare_and_swap(&self.keys.controller(), 0, value, Some(lease))
+            .await?
+        {
+            CasOutcome::Swapped(_) => Ok(Some(lease)),
+            CasOutcome::Conflict(_) => {
+                let _ = self.store.revoke_lease(lease).await;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Leads until the lease is lost (false) or shutdown (true).
+    async fn lead(
+        &self,
+        lease: LeaseId,
+        ttl: Duration,
+        shutdown: &mut tokio::sync::watch::Receiver<bool>,
+    ) -> bool {
+        let mut changes = self.watcher.subscribe();
+        let mut keepalive = tokio::time::interval(ttl / 3);
+        keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_ok = tokio::time::Instant::now();
+        // Make sure the reconcile below runs once right away.
+        changes.mark_changed();
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return true,
+                _ = keepalive.tick() => {
+                    match self.store.keep_alive(lease).await {
+                        Ok(()) => last_ok = tokio::time::Instant::now(),
+                        Err(runnel_metastore::MetaError::LeaseNotFound(_)) => return false,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "controller keep-alive failed");
+                            // Stop acting before the lease can have expired.
+                            if last_ok.elapsed() >= ttl * 2 / 3 {
+                                return false;
+                            }
+                        }
+                    }
+                }
+                changed = changes.changed() => {
+                    if changed.is_err() {
+                        return false;
+                    }
+                    let md = changes.borrow_and_update().clone();
+                    if let Some(c) = &md.controller
+                        && c.instance_id != self.config.instance_id
+                    {
+                        return false;
+                    }
+                    if let Err(e) = self.reconcile(&md).await {
+                        tracing::warn!(error = %e, "reconcile failed; will retry on the next change");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        changes.mark_changed();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Brings partition state in line with the live nodes and finishes any
+    /// half-done topic creation or deletion.
+    pub async fn reconcile(&self, md: &ClusterMetadata) -> Result<(), CoordinatorError> {
+        if md.cluster_id.is_none() {
+            let id = uuid::Uuid::new_v4().to_string();
+            self.store
+                .compare_and_swap(&self.keys.cluster_id(), 0, Bytes::from(id), None)
+                .await?;
+        }
+        let live: BTreeSet<i32> = md.nodes.keys().copied().collect();
+        let mut offline = 0u64;
+        for (name, topic) in &md.topics {
+            // A crash between writing the topic and its partitions.
+            if (topic.partitions.len() as i32) < topic.record.partitions {
+                let _guard = self.topic_lock.lock().await;
+                let assignment = assign(
+                    md,
+                    topic.record.partitions,
+                    topic.record.replication_factor.min(live.len().max(1) as i32),
+                );
+                for p in 0..topic.record.partitions {
+                    if !topic.partitions.contains_key(&p) {
+                        let replicas = assignment.get(p as usize).cloned().unwrap_or_default();
+                        self.put_partition(name, p, &new_partition(replicas)).await?;
+                    }
+                }
+            }
+            for (&p, state) in &topic.partitions {
+                if let Some(next) = elect(state, &live) {
+                    tracing::info!(
+                        topic = %name, partition = p, old_leader = state.leader,
+                        new_leader = next.leader, epoch = next.leader_epoch,
+                        "partition leader changed"
+                    );
+                    metrics::counter!("runnel_leader_elections_total").increment(1);
+                    self.put_partition(name, p, &next).await?;
+                }
+                if next_offline(state, &live) {
+                    offline += 1;
+                }
+            }
+        }
+        metrics::gauge!("runnel_offline_partitions").set(offline as f64);
+        metrics::gauge!("runnel_live_storage_nodes").set(live.len() as f64);
+        metrics::gauge!("runnel_topics").set(md.topics.len() as f64);
+        // Partitions left behind by a deletion that did not finish.
+        for topic in md.orphan_partitions.keys() {
+            self.store
+                .delete_prefix(&self.keys.topic_partitions_prefix(topic))
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn put_partition(
+        &self,
+        topic: &str,
+        partition: i32,
+        record: &PartitionRecord,
+    ) -> Result<(), CoordinatorError> {
+        let value = Bytes::from(serde_json::to_vec(record).unwrap_or_default());
+        self.store
+            .put(&self.keys.partition(topic, partition), value, None)
+            .await?;
+        Ok(())
+    }
+
+    /// Checks a creation request and fills in defaults.
+    pub fn validate_new_topic(
+        &self,
+        md: &ClusterMetadata,
+        name: &str,
+        partitions: i32,
+        replication_factor: i32,
+        configs: BTreeMap<String, String>,
+    ) -> Result<NewTopic, CoordinatorError> {
+        validate_topic_name(name)?;
+        if partitions < 1 {
+            return Err(CoordinatorError::InvalidPartitions(
+                partitions,
+                "a topic needs at least one partition".into(),
+            ));
+        }
+        if partitions > self.config.max_partitions_per_topic {
+            return Err(CoordinatorError::InvalidPartitions(
+                partitions,
+                format!(
+                    "more than the limit of {} per topic",
+                    self.config.max_partitions_per_topic
+                ),
+            ));
+        }
+        let rf = if replication_factor <= 0 {
+            if replication_factor < 0 && replication_factor != -1 {
+                return Err(CoordinatorError::InvalidReplicationFactor {
+                    requested: replication_factor,
+                    reason: "must be positive (or -1/0 for the default)".into(),
+                });
+            }
+            self.config.default_replication_factor
+        } else {
+            replication_factor
+        };
+        topic_config::validate(&configs)?;
+        if md.topics.contains_key(name) {
+            return Err(CoordinatorError::TopicExists(name.to_string()));
+        }
+        if md.nodes.is_empty() {
+            return Err(CoordinatorError::NoLiveNodes);
+        }
+        if rf as usize > md.nodes.len() {
+            return Err(CoordinatorError::InvalidReplicationFactor {
+                requested: rf,
+                reason: format!("only {} storage node(s) are live", md.nodes.len()),
+            });
+        }
+        Ok(NewTopic {
+            name: name.to_string(),
+            partitions,
+            replication_factor: rf,
+            configs,
+        })
+    }
+
+    /// Creates a topic (active controller only).
+    pub async fn create_topic(
+        &self,
+        topic: NewTopic,
+    ) -> Result<(TopicRecord, Vec<PartitionRecord>), CoordinatorError> {
+        if !self.is_active() {
+            return Err(CoordinatorError::NoController);
+        }
+        let _guard = self.topic_lock.lock().await;
+        let md = self.watcher.current();
+        let topic = self.validate_new_topic(
+            &md,
+            &topic.name,
+            topic.partitions,
+            topic.replication_factor,
+            topic.configs,
+        )?;
+        let record = TopicRecord {
+            name: topic.name.clone(),
+            topic_id: uuid::Uuid::new_v4().to_string(),
+            partitions: topic.partitions,
+            replication_factor: topic.replication_factor,
+            configs: topic.configs,
+            created_at_ms: now_ms(),
+        };
+        let value = Bytes::from(serde_json::to_vec(&record).unwrap_or_default());
+        match self
+            .store
+            .compare_and_swap(&self.keys.topic(&record.name), 0, value, None)
+            .await?
+        {
+            CasOutcome::Swapped(_) => {}
+            CasOutcome::Conflict(_) => return Err(CoordinatorError::TopicExists(record.name)),
+        }
+        let assignment = assign(&md, record.partitions, record.replication_factor);
+        let mut partitions = Vec::with_capacity(assignment.len());
+        for (p, replicas) in assignment.into_iter().enumerate() {
+            let state = new_partition(replicas);
+            self.put_partition(&record.name, p as i32, &state).await?;
+            partitions.push(state);
+        }
+        tracing::info!(topic = %record.name, partitions = record.partitions,
+            replication_factor = record.replication_factor, "topic created");
+        Ok((record, partitions))
+    }
+
+    /// Deletes a topic and its partitions (active controller only). Storage
+    /// nodes see the deletion and remove the data.
+    pub async fn delete_topic(&self, name: &str) -> Result<(), CoordinatorError> {
+        if !self.is_active() {
+            return Err(CoordinatorError::NoController);
+        }
+        let _guard = self.topic_lock.lock().await;
+        if !self.store.delete(&self.keys.topic(name)).await? {
+            return Err(CoordinatorError::TopicNotFound(name.to_string()));
+        }
+        self.store
+            .delete_prefix(&self.keys.topic_partitions_prefix(name))
+            .await?;
+        tracing::info!(topic = %name, "topic deleted");
+        Ok(())
+    }
+}
+
+fn new_partition(replicas: Vec<i32>) -> PartitionRecord {
+    PartitionRecord {
+        leader: replicas.first().copied().unwrap_or(-1),
+        leader_epoch: 0,
+        isr: replicas.clone(),
+        replicas,
+    }
+}
+
+/// Replica lists for a new topic's partitions, balanced over live nodes:
+/// nodes are ordered by how many partitions they lead already (fewest first),
+/// partition p's first replica (its leader) is node p mod n in that order, and
+/// the other replicas follow it round robin.
+pub fn assign(md: &ClusterMetadata, partitions: i32, replication_factor: i32) -> Vec<Vec<i32>> {
+    let mut load: BTreeMap<i32, usize> = md.nodes.keys().map(|&n| (n, 0)).collect();
+    for topic in md.topics.values() {
+        for p in topic.partitions.values() {
+            if let Some(l) = load.get_mut(&p.leader) {
+                *l += 1;
+            }
+        }
+    }
+    let mut nodes: Vec<(usize, i32)> = load.into_iter().map(|(n, l)| (l, n)).collect();
+    nodes.sort();
+    let nodes: Vec<i32> = nodes.into_iter().map(|(_, n)| n).collect();
+    if nodes.is_empty() {
+        return vec![Vec::new(); partitions.max(0) as usize];
+    }
+    let rf = (replication_factor.max(1) as usize).min(nodes.len());
+    (0..partitions.max(0) as usize)
+        .map(|p| (0..rf).map(|r| nodes[(p + r) % nodes.len()]).collect())
+        .collect()
+}
+
+/// The new state of a partition if its leadership must change given the live
+/// nodes: a dead leader is replaced by the first live ISR member (or the
+/// partition goes offline); an offline partition gets a leader as soon as an
+/// ISR member is live. Every change bumps the leader epoch.
+pub fn elect(state: &PartitionRecord, live: &BTreeSet<i32>) -> Option<PartitionRecord> {
+    let leader_live = state.leader >= 0 && live.contains(&state.leader);
+    if leader_live {
+        return None;
+    }
+    let candidate = state.isr.iter().copied().find(|n| live.contains(n));
+    match candidate {
+        Some(new_leader) => Some(PartitionRecord {
+            leader: new_leader,
+            leader_epoch: state.leader_epoch + 1,
+            ..state.clone()
+        }),
+        None if state.leader >= 0 => Some(PartitionRecord {
+            leader: -1,
+            leader_epoch: state.leader_epoch + 1,
+            ..state.clone()
+        }),
+        None => None,
+    }
+}
+
+fn next_offline(state: &PartitionRecord, live: &BTreeSet<i32>) -> bool {
+    !(state.leader >= 0 && live.contains(&state.leader))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use runnel_cluster::NodeRecord;
+
+    fn md_with_nodes(ids: &[i32]) -> ClusterMetadata {
+        let mut md = ClusterMetadata::default();
+        for &id in ids {
+            md.nodes.insert(
+                id,
+                NodeRecord {
+                    node_id: id,
+                    address: format!("n{id}"),
+                    rack: String::new(),
+                    started_at_ms: 0,
+                },
+            );
+        }
+        md
+    }
+
+    #[test]
+    fn assignment_is_balanced() {
+        let md = md_with_nodes(&[1, 2, 3]);
+        let a = assign(&md, 8, 2);
+        let mut leaders = BTreeMap::new();
+        for r in &a {
+            assert_eq!(r.len(), 2);
+            assert_ne!(r[0], r[1]);
+            *leaders.entry(r[0]).or_insert(0) += 1;
+        }
+        assert!(leaders.values().all(|&n| (2..=3).contains(&n)), "{leaders:?}");
+    }
+
+    #[test]
+    fn dead_leader_is_replaced_from_isr_or_goes_offline() {
+        let p = PartitionRecord {
+            leader: 1,
+            leader_epoch: 4,
+            replicas: vec![1, 2],
+            isr: vec![1, 2],
+        };
+        let live: BTreeSet<i32> = [2].into();
+        let next = elect(&p, &live).unwrap();
+        assert_eq!((next.leader, next.leader_epoch), (2, 5));
+        let none: BTreeSet<i32> = BTreeSet::new();
+        let off = elect(&p, &none).unwrap();
+        assert_eq!((off.leader, off.leader_epoch), (-1, 5));
+        assert_eq!(elect(&off, &none), None);
+        let back: BTreeSet<i32> = [1].into();
+        let again = elect(&off, &back).unwrap();
+        assert_eq!((again.leader, again.leader_epoch), (1, 6));
+        assert_eq!(elect(&again, &back), None);
+    }
+}

@@ -1,0 +1,1159 @@
+//! [`PartitionLog`]: one partition replica's log (see the module docs of
+//! [`crate::log`] for the format and the durability rules).
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::ops::Bound;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use parking_lot::{Mutex, RwLock};
+use runnel_records::batch::{self, BatchHeader, HEADER_LEN};
+use runnel_records::build::decode_records;
+use tokio::sync::watch;
+
+use super::files::FileCache;
+use super::segment::{
+    self, ChunkReader, IndexBuilder, LOG_EXT, MAX_SEGMENT_BYTES, NO_TIMESTAMP, segment_path,
+};
+use super::{AppendInfo, FlushPolicy, LogConfig, LogError};
+
+/// Bytes read at a time when walking batch headers from an index position.
+const HEADER_SCAN_CHUNK: usize = 16 * 1024;
+
+/// One partition's log: append, read, offset lookups. Cheap to clone; all
+/// clones share the same log.
+#[derive(Clone)]
+pub struct PartitionLog {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for PartitionLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PartitionLog")
+            .field("dir", &self.inner.dir)
+            .field("log_start_offset", &self.log_start_offset())
+            .field("log_end_offset", &self.log_end_offset())
+            .field("high_watermark", &self.high_watermark())
+            .finish()
+    }
+}
+
+struct Inner {
+    dir: PathBuf,
+    files: FileCache,
+    config: RwLock<LogConfig>,
+    state: Mutex<State>,
+    /// Serializes appends (held while batches are stamped and written).
+    append_lock: Arc<tokio::sync::Mutex<()>>,
+    /// Serializes fsyncs of the active segment (group commit).
+    flush_lock: tokio::sync::Mutex<()>,
+    log_end: AtomicI64,
+    high_watermark: AtomicI64,
+    /// Offset below which everything is known to be fsynced.
+    flushed: AtomicI64,
+    hw_tx: watch::Sender<i64>,
+    /// An `Interval` background flush is pending.
+    flush_scheduled: AtomicBool,
+    metrics: LogMetrics,
+}
+
+struct State {
+    /// All segments by base offset; the last one is the active segment.
+    segments: BTreeMap<i64, SegmentInfo>,
+    /// The in-memory indexes of the active segment.
+    active: ActiveSegment,
+    size_bytes: u64,
+    /// Set after an I/O failure that leaves the log's durability unknown;
+    /// appends are refused from then on.
+    failed: Option<String>,
+    deleted: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct SegmentInfo {
+    base: i64,
+    /// Offset after the segment's last batch.
+    end: i64,
+    size: u64,
+    max_timestamp: i64,
+    max_timestamp_offset: i64,
+}
+
+impl SegmentInfo {
+    fn empty(base: i64) -> Self {
+        SegmentInfo {
+            base,
+            end: base,
+            size: 0,
+            max_timestamp: NO_TIMESTAMP,
+            max_timestamp_offset: -1,
+        }
+    }
+}
+
+struct ActiveSegment {
+    indexes: IndexBuilder,
+    /// Wall-clock (or first batch) time the segment's age counts from.
+    rolling_base_ms: Option<i64>,
+}
+
+impl State {
+    fn active_info(&self) -> Result<SegmentInfo, LogError> {
+        self.segments
+            .last_key_value()
+            .map(|(_, s)| *s)
+            .ok_or_else(|| LogError::Internal("log has no segment".into()))
+    }
+
+    fn is_active(&self, base: i64) -> bool {
+        self.segments.last_key_value().map(|(b, _)| *b) == Some(base)
+    }
+
+    /// The segment holding `offset`, else the first one after it.
+    fn segment_for(&self, offset: i64) -> Option<SegmentInfo> {
+        match self.segments.range(..=offset).next_back() {
+            Some((_, s)) if s.end > offset => Some(*s),
+            _ => self
+                .segments
+                .range((Bound::Excluded(offset), Bound::Unbounded))
+                .next()
+                .map(|(_, s)| *s),
+        }
+    }
+}
+
+struct LogMetrics {
+    end_offset: metrics::Gauge,
+    size_bytes: metrics::Gauge,
+    appended_bytes: metrics::Counter,
+    fsync_seconds: metrics::Histogram,
+}
+
+impl LogMetrics {
+    fn new(topic: &str, partition: &str) -> Self {
+        let labels = [
+            ("topic", topic.to_string()),
+            ("partition", partition.to_string()),
+        ];
+        LogMetrics {
+            end_offset: metrics::gauge!("runnel_log_end_offset", &labels),
+            size_bytes: metrics::gauge!("runnel_log_size_bytes", &labels),
+            appended_bytes: metrics::counter!("runnel_log_appended_bytes_total", &labels),
+            fsync_seconds: metrics::histogram!("runnel_log_fsync_seconds"),
+        }
+    }
+}
+
+/// Where an append is writing: the active segment as the writer sees it.
+struct Cursor {
+    base: i64,
+    size: u64,
+    end: i64,
+    rolling_base_ms: Option<i64>,
+}
+
+/// One batch in the write buffer, to be indexed once written.
+struct PendingBatch {
+    base_offset: i64,
+    position: u64,
+    len: u64,
+    max_timestamp: i64,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// `(topic, partition)` metric labels from a `<topic>-<partition>` directory.
+fn labels_from_dir(dir: &Path) -> (String, String) {
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    match name.rsplit_once('-') {
+        Some((topic, p)) if p.parse::<i32>().is_ok() => (topic.to_string(), p.to_string()),
+        _ => (name, String::new()),
+    }
+}
+
+impl PartitionLog {
+    /// Opens (or creates) the log in `dir`, recovering it after a crash.
+    /// Blocking: from async code call it through `spawn_blocking`. Open
+    /// files are bounded by [`FileCache::global`].
+    pub fn open(dir: &Path, config: LogConfig) -> Result<Self, LogError> {
+        let (topic, partition) = labels_from_dir(dir);
+        Self::open_with(dir, config, FileCache::global().clone(), &topic, &partition)
+    }
+
+    /// [`PartitionLog::open`] with its own file cache and metric labels.
+    pub fn open_with(
+        dir: &Path,
+        config: LogConfig,
+        files: FileCache,
+        topic: &str,
+        partition: &str,
+    ) -> Result<Self, LogError> {
+        fs::create_dir_all(dir).map_err(LogError::io_path("create log directory", dir))?;
+        // Handles of an earlier incarnation of this directory are stale.
+        files.evict_dir(dir);
+        let mut bases = Vec::new();
+        let mut others = Vec::new();
+        for entry in fs::read_dir(dir).map_err(LogError::io_path("list", dir))? {
+            let entry = entry.map_err(LogError::io_path("list", dir))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".tmp") {
+                // A file write that never finished: nothing refers to it.
+                let _ = fs::remove_file(entry.path());
+                continue;
+            }
+            match segment::parse_segment_name(&name) {
+                Some((base, LOG_EXT)) => bases.push(base),
+                Some((base, _)) => others.push((base, entry.path())),
+                None => {}
+            }
+        }
+        bases.sort_unstable();
+        for (base, path) in others {
+            if bases.binary_search(&base).is_err() {
+                tracing::warn!(path = %path.display(), "removing index file without a segment");
+                let _ = fs::remove_file(&path);
+            }
+        }
+        if bases.is_empty() {
+            let path = segment_path(dir, 0, LOG_EXT);
+            File::create(&path).map_err(LogError::io_path("create", &path))?;
+            if config.flush != FlushPolicy::Os {
+                segment::sync_dir(dir).map_err(LogError::io_path("fsync", dir))?;
+            }
+            bases.push(0);
+        }
+
+        let mut segments = BTreeMap::new();
+        for pair in bases.windows(2) {
+            let (base, next_base) = (pair[0], pair[1]);
+            segments.insert(base, open_sealed_segment(dir, base, next_base, &config)?);
+        }
+
+        // The last segment: scan, cut off a torn tail, rebuild its indexes.
+        let base = bases[bases.len() - 1];
+        let path = segment_path(dir, base, LOG_EXT);
+        let file = files
+            .open(&path, true)
+            .map_err(LogError::io_path("open", &path))?;
+        let scanned = segment::scan_segment(&file, base, config.index_interval_bytes)
+            .map_err(LogError::io_path("scan", &path))?;
+        let file_len = file
+            .metadata()
+            .map_err(LogError::io_path("stat", &path))?
+            .len();
+        if let Some(reason) = &scanned.stopped {
+            let cut = file_len - scanned.valid_len;
+            tracing::warn!(
+                path = %path.display(),
+                reason = %reason,
+                cut_bytes = cut,
+                valid_bytes = scanned.valid_len,
+                "recovery truncated the log's torn or corrupt tail"
+            );
+            file.set_len(scanned.valid_len)
+                .map_err(LogError::io_path("truncate", &path))?;
+            file.sync_all().map_err(LogError::io_path("fsync", &path))?;
+        }
+        let indexes = scanned.indexes;
+        segments.insert(
+            base,
+            SegmentInfo {
+                base,
+                end: scanned.end_offset,
+                size: scanned.valid_len,
+                max_timestamp: indexes.max_timestamp,
+                max_timestamp_offset: indexes.max_timestamp_offset,
+            },
+        );
+        let now = now_ms();
+        let active = ActiveSegment {
+            indexes,
+            rolling_base_ms: scanned
+                .first_timestamp
+                .map(|t| if t < 0 { now } else { t.min(now) }),
+        };
+        let size_bytes = segments.values().map(|s| s.size).sum();
+        let log_end = scanned.end_offset;
+        let (hw_tx, _) = watch::channel(log_end);
+        let metrics = LogMetrics::new(topic, partition);
+        metrics.end_offset.set(log_end as f64);
+        metrics.size_bytes.set(size_bytes as f64);
+        Ok(PartitionLog {
+            inner: Arc::new(Inner {
+                dir: dir.to_path_buf(),
+                files,
+                config: RwLock::new(config),
+                state: Mutex::new(State {
+                    segments,
+                    active,
+                    size_bytes,
+                    failed: None,
+                    deleted: false,
+                }),
+                append_lock: Arc::new(tokio::sync::Mutex::new(())),
+                flush_lock: tokio::sync::Mutex::new(()),
+                log_end: AtomicI64::new(log_end),
+                high_watermark: AtomicI64::new(log_end),
+                flushed: AtomicI64::new(log_end),
+                hw_tx,
+                flush_scheduled: AtomicBool::new(false),
+                metrics,
+            }),
+        })
+    }
+
+    /// The partition's directory.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    pub fn config(&self) -> LogConfig {
+        self.inner.config.read().clone()
+    }
+
+    /// Replaces the config; it applies from the next append on.
+    pub fn set_config(&self, config: LogConfig) {
+        *self.inner.config.write() = config;
+    }
+
+    /// The first offset in the log.
+    pub fn log_start_offset(&self) -> i64 {
+        self.inner
+            .state
+            .lock()
+            .segments
+            .first_key_value()
+            .map_or(0, |(b, _)| *b)
+    }
+
+    /// The offset the next batch will get (written, maybe not yet durable).
+    pub fn log_end_offset(&self) -> i64 {
+        self.inner.log_end.load(Ordering::Acquire)
+    }
+
+    /// The end of the data readers may see: durable per the flush policy.
+    pub fn high_watermark(&self) -> i64 {
+        self.inner.high_watermark.load(Ordering::Acquire)
+    }
+
+    /// Watches the high watermark (wakes long polls on append).
+    pub fn subscribe(&self) -> watch::Receiver<i64> {
+        self.inner.hw_tx.subscribe()
+    }
+
+    /// Bytes of log on disk (indexes not counted).
+    pub fn size_bytes(&self) -> u64 {
+        self.inner.state.lock().size_bytes
+    }
+
+    /// Appends validated batches (header and bytes, as
+    /// `runnel_records::Batches::validate_all` returns them): assigns
+    /// consecutive offsets, stamps `leader_epoch` (and LogAppendTime if
+    /// configured), writes, makes them durable per the flush policy and then
+    /// advances the high watermark. Appends to one log are applied in order;
+    /// the append finishes even if the caller stops waiting for it.
+    pub async fn append(
+        &self,
+        batches: Vec<(BatchHeader, Bytes)>,
+        leader_epoch: i32,
+    ) -> Result<AppendInfo, LogError> {
+        let log = self.clone();
+        tokio::spawn(async move { log.append_inner(batches, leader_epoch).await })
+            .await
+            .map_err(LogError::join)?
+    }
+
+    async fn append_inner(
+        &self,
+        batches: Vec<(BatchHeader, Bytes)>,
+        leader_epoch: i32,
+    ) -> Result<AppendInfo, LogError> {
+        let config = self.config();
+        if batches.is_empty() {
+            return Err(LogError::InvalidBatch("no record batch to append".into()));
+        }
+        for (header, bytes) in &batches {
+            if bytes.len() != header.total_len() || bytes.len() < HEADER_LEN {
+                return Err(LogError::InvalidBatch(format!(
+                    "batch has {} bytes but its header says {}",
+                    bytes.len(),
+                    header.total_len()
+                )));
+            }
+            if header.last_offset_delta < 0 {
+                return Err(LogError::InvalidBatch(format!(
+                    "negative lastOffsetDelta {}",
+                    header.last_offset_delta
+                )));
+            }
+            if bytes.len() > config.max_message_bytes || bytes.len() as u64 > MAX_SEGMENT_BYTES {
+                return Err(LogError::MessageTooLarge {
+                    size: bytes.len(),
+                    max: config.max_message_bytes,
+                });
+            }
+        }
+        let guard = self.inner.append_lock.clone().lock_owned().await;
+        let now = now_ms();
+        let inner = self.inner.clone();
+        let write_config = config.clone();
+        let (base_offset, end) = tokio::task::spawn_blocking(move || {
+            let _guard = guard;
+            inner.write_batches(batches, leader_epoch, now, &write_config)
+        })
+        .await
+        .map_err(LogError::join)??;
+        match config.flush {
+            FlushPolicy::EveryAppend => self.flush_to(end).await?,
+            FlushPolicy::Interval(every) => self.schedule_flush(every),
+            FlushPolicy::Os => {}
+        }
+        Ok(AppendInfo {
+            base_offset,
+            last_offset: end - 1,
+            log_append_time_ms: config.log_append_time.then_some(now),
+        })
+    }
+
+    /// Makes everything written so far durable (and visible).
+    pub async fn flush(&self) -> Result<(), LogError> {
+        self.flush_to(self.log_end_offset()).await
+    }
+
+    /// Group commit: returns once everything below `target` is fsynced. One
+    /// fsync covers every append written before it started.
+    async fn flush_to(&self, target: i64) -> Result<(), LogError> {
+        if self.inner.flushed.load(Ordering::Acquire) >= target {
+            return Ok(());
+        }
+        let _flushing = self.inner.flush_lock.lock().await;
+        if self.inner.flushed.load(Ordering::Acquire) >= target {
+            return Ok(());
+        }
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || inner.sync_active())
+            .await
+            .map_err(LogError::join)?
+    }
+
+    /// `Interval` policy: makes sure one background flush is pending.
+    fn schedule_flush(&self, every: Duration) {
+        if self.inner.flush_scheduled.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let log = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(every).await;
+            log.inner.flush_scheduled.store(false, Ordering::Release);
+            if let Err(e) = log.flush().await {
+                tracing::warn!(dir = %log.inner.dir.display(), error = %e, "background log flush failed");
+            }
+        });
+    }
+
+    /// Whole batches from the one containing `offset` on, up to `max_bytes`
+    /// but at least one batch, never at or beyond the high watermark. Empty
+    /// at the high watermark; `OffsetOutOfRange` outside
+    /// `[log_start_offset, high_watermark]`. A read stops at a segment end.
+    pub async fn read(&self, offset: i64, max_bytes: usize) -> Result<Bytes, LogError> {
+        self.inner.check_not_deleted()?;
+        let hw = self.high_watermark();
+        let start = self.log_start_offset();
+        if offset < start || offset > hw {
+            return Err(LogError::OffsetOutOfRange {
+                requested: offset,
+                start,
+                end: hw,
+            });
+        }
+        if offset == hw {
+            return Ok(Bytes::new());
+        }
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || inner.read_blocking(offset, max_bytes, hw))
+            .await
+            .map_err(LogError::join)?
+    }
+
+    /// The first record (below the high watermark) whose timestamp is
+    /// `>= ts`, as `(offset, timestamp)`; `None` if there is none. Kafka's
+    /// special ListOffsets timestamps (-1, -2, -3) are the caller's business.
+    pub async fn offset_for_timestamp(&self, ts: i64) -> Result<Option<(i64, i64)>, LogError> {
+        self.inner.check_not_deleted()?;
+        let inner = self.inner.clone();
+        let hw = self.high_watermark();
+        tokio::task::spawn_blocking(move || inner.offset_for_timestamp(ts, hw))
+            .await
+            .map_err(LogError::join)?
+    }
+
+    /// The record with the largest timestamp below the high watermark (the
+    /// earliest such one), as `(offset, timestamp)`; `None` if the log is
+    /// empty.
+    pub async fn max_timestamp(&self) -> Result<Option<(i64, i64)>, LogError> {
+        self.inner.check_not_deleted()?;
+        let inner = self.inner.clone();
+        let hw = self.high_watermark();
+        tokio::task::spawn_blocking(move || inner.max_timestamp(hw))
+            .await
+            .map_err(LogError::join)?
+    }
+
+    /// Deletes the log and its directory. Waits for an append in flight;
+    /// afterwards every clone answers [`LogError::Deleted`].
+    pub async fn remove(self) -> Result<(), LogError> {
+        let _appends = self.inner.append_lock.clone().lock_owned().await;
+        {
+            let mut state = self.inner.state.lock();
+            if state.deleted {
+                return Ok(());
+            }
+            state.deleted = true;
+        }
+        self.inner.files.evict_dir(&self.inner.dir);
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let result = remove_dir(&inner.dir);
+            inner.files.evict_dir(&inner.dir);
+            result
+        })
+        .await
+        .map_err(LogError::join)?
+    }
+}
+
+/// Deletes a log directory: first renamed to `<name>.<uuid>-delete` (so a
+/// crash midway leaves a name the [`LogManager`](super::LogManager) cleans
+/// up), then removed.
+pub(crate) fn remove_dir(dir: &Path) -> Result<(), LogError> {
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let doomed = dir.with_file_name(format!("{name}.{}-delete", uuid::Uuid::new_v4().simple()));
+    match fs::rename(dir, &doomed) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(LogError::io_path("rename for deletion", dir)(e)),
+    }
+    fs::remove_dir_all(&doomed).map_err(LogError::io_path("delete", &doomed))
+}
+
+/// Opens a sealed segment: checks (or rebuilds) its index files and reads its
+/// max timestamp from the last time index entry.
+fn open_sealed_segment(
+    dir: &Path,
+    base: i64,
+    next_base: i64,
+    config: &LogConfig,
+) -> Result<SegmentInfo, LogError> {
+    let path = segment_path(dir, base, LOG_EXT);
+    let size = fs::metadata(&path)
+        .map_err(LogError::io_path("stat", &path))?
+        .len();
+    let check = segment::check_sealed_indexes(dir, base, size)
+        .map_err(LogError::io_path("check indexes of", &path))?;
+    let mut info = SegmentInfo {
+        end: next_base,
+        size,
+        ..SegmentInfo::empty(base)
+    };
+    match check {
+        Ok(last) => {
+            if let Some(last) = last {
+                info.max_timestamp = last.timestamp;
+                info.max_timestamp_offset = base + i64::from(last.rel_offset);
+            }
+        }
+        Err(reason) => {
+            tracing::warn!(path = %path.display(), reason = %reason, "rebuilding segment indexes");
+            let file = File::open(&path).map_err(LogError::io_path("open", &path))?;
+            let scanned = segment::scan_segment(&file, base, config.index_interval_bytes)
+                .map_err(LogError::io_path("scan", &path))?;
+            if let Some(why) = &scanned.stopped {
+                tracing::error!(path = %path.display(), reason = %why, valid_bytes = scanned.valid_len,
+                    "sealed segment has unreadable data; reads past it will fail");
+            }
+            if scanned.end_offset != next_base && scanned.stopped.is_none() {
+                tracing::warn!(path = %path.display(), end = scanned.end_offset, next_base,
+                    "sealed segment does not end where the next one starts");
+            }
+            let indexes = &scanned.indexes;
+            let index_path = segment_path(dir, base, segment::INDEX_EXT);
+            segment::write_file_durably(&index_path, &segment::encode_index(&indexes.index))
+                .map_err(LogError::io_path("write", &index_path))?;
+            let time_path = segment_path(dir, base, segment::TIME_INDEX_EXT);
+            segment::write_file_durably(
+                &time_path,
+                &segment::encode_time_index(&indexes.sealed_time_index(base)),
+            )
+            .map_err(LogError::io_path("write", &time_path))?;
+            info.max_timestamp = indexes.max_timestamp;
+            info.max_timestamp_offset = indexes.max_timestamp_offset;
+        }
+    }
+    Ok(info)
+}
+
+impl Inner {
+    fn check_not_deleted(&self) -> Result<(), LogError> {
+        if self.state.lock().deleted {
+            return Err(LogError::Deleted(self.dir.display().to_string()));
+        }
+        Ok(())
+    }
+
+    fn check_writable(&self) -> Result<(), LogError> {
+        let state = self.state.lock();
+        if state.deleted {
+            return Err(LogError::Deleted(self.dir.display().to_string()));
+        }
+        if let Some(why) = &state.failed {
+            return Err(LogError::Failed(
+                self.dir.display().to_string(),
+                why.clone(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Takes the log offline for writes after an I/O failure whose effect
+    /// on the data is unknown (a failed fsync may have dropped dirty pages).
+    fn fail(&self, why: String) {
+        tracing::error!(dir = %self.dir.display(), reason = %why, "log taken offline for writes");
+        self.state.lock().failed.get_or_insert(why);
+    }
+
+    fn log_path(&self, base: i64) -> PathBuf {
+        segment_path(&self.dir, base, LOG_EXT)
+    }
+
+    fn set_high_watermark(&self, hw: i64) {
+        let previous = self.high_watermark.fetch_max(hw, Ordering::AcqRel);
+        if hw > previous {
+            self.hw_tx.send_if_modified(|v| {
+                let grew = hw > *v;
+                if grew {
+                    *v = hw;
+                }
+                grew
+            });
+        }
+    }
+
+    /// Stamps and writes the batches (appends are serialized by the caller),
+    /// rolling segments as needed. Returns the first offset and the new log
+    /// end.
+    fn write_batches(
+        &self,
+        batches: Vec<(BatchHeader, Bytes)>,
+        leader_epoch: i32,
+        now: i64,
+        config: &LogConfig,
+    ) -> Result<(i64, i64), LogError> {
+        self.check_writable()?;
+        let segment_limit = config.segment_bytes.clamp(1, MAX_SEGMENT_BYTES);
+        let mut cursor = {
+            let state = self.state.lock();
+            let active = state.active_info()?;
+            Cursor {
+                base: active.base,
+                size: active.size,
+                end: active.end,
+                rolling_base_ms: state.active.rolling_base_ms,
+            }
+        };
+        let first_offset = cursor.end;
+        let mut buf = Vec::with_capacity(batches.iter().map(|(_, b)| b.len()).sum());
+        let mut pending = Vec::with_capacity(batches.len());
+        for (header, bytes) in &batches {
+            let len = bytes.len() as u64;
+            let used = cursor.size + buf.len() as u64;
+            let full = used + len > segment_limit;
+            let offsets_overflow = cursor.end + i64::from(header.last_offset_delta) - cursor.base
+                > i64::from(i32::MAX);
+            let too_old = match (config.segment_ms, cursor.rolling_base_ms) {
+                (Some(max_age), Some(since)) => now.saturating_sub(since) >= max_age as i64,
+                _ => false,
+            };
+            if used > 0 && (full || offsets_overflow || too_old) {
+                self.commit(&mut cursor, &mut buf, &mut pending, config)?;
+                cursor = self.roll(cursor.end, config)?;
+            }
+            let start = buf.len();
+            buf.extend_from_slice(bytes);
+            let stamped = &mut buf[start..];
+            batch::set_base_offset(stamped, cursor.end);
+            batch::set_partition_leader_epoch(stamped, leader_epoch);
+            let max_timestamp = if config.log_append_time {
+                batch::set_log_append_time(stamped, header, now);
+                now
+            } else {
+                header.max_timestamp
+            };
+            cursor.rolling_base_ms.get_or_insert(now);
+            pending.push(PendingBatch {
+                base_offset: cursor.end,
+                position: cursor.size + start as u64,
+                len,
+                max_timestamp,
+            });
+            cursor.end += i64::from(header.last_offset_delta) + 1;
+        }
+        self.commit(&mut cursor, &mut buf, &mut pending, config)?;
+        if config.flush != FlushPolicy::EveryAppend {
+            self.set_high_watermark(cursor.end);
+        }
+        Ok((first_offset, cursor.end))
+    }
+
+    /// Writes the buffer at the end of the active segment, then publishes
+    /// the batches (indexes, sizes, log end).
+    fn commit(
+        &self,
+        cursor: &mut Cursor,
+        buf: &mut Vec<u8>,
+        pending: &mut Vec<PendingBatch>,
+        config: &LogConfig,
+    ) -> Result<(), LogError> {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let path = self.log_path(cursor.base);
+        let file = self
+            .files
+            .open(&path, true)
+            .map_err(LogError::io_path("open", &path))?;
+        if let Err(e) = file.write_all_at(buf, cursor.size) {
+            // Never leave a partial write behind valid batches.
+            if let Err(e2) = file.set_len(cursor.size) {
+                self.fail(format!("cannot undo a failed write: {e2}"));
+            }
+            return Err(LogError::io_path("write", &path)(e));
+        }
+        let written = buf.len() as u64;
+        {
+            let mut state = self.state.lock();
+            for b in pending.iter() {
+                state.active.indexes.add_batch(
+                    cursor.base,
+                    b.base_offset,
+                    b.position,
+                    b.len,
+                    b.max_timestamp,
+                    config.index_interval_bytes,
+                );
+            }
+            state.active.rolling_base_ms = cursor.rolling_base_ms;
+            let (max_timestamp, max_timestamp_offset) = (
+                state.active.indexes.max_timestamp,
+                state.active.indexes.max_timestamp_offset,
+            );
+            if let Some(info) = state.segments.get_mut(&cursor.base) {
+                info.size += written;
+                info.end = cursor.end;
+                info.max_timestamp = max_timestamp;
+                info.max_timestamp_offset = max_timestamp_offset;
+            }
+            state.size_bytes += written;
+            self.log_end.store(cursor.end, Ordering::Release);
+            self.metrics.size_bytes.set(state.size_bytes as f64);
+        }
+        self.metrics.end_offset.set(cursor.end as f64);
+        self.metrics.appended_bytes.increment(written);
+        cursor.size += written;
+        buf.clear();
+        pending.clear();
+        Ok(())
+    }
+
+    /// Seals the active segment (index files, fsync) and starts a new one at
+    /// `new_base`.
+    fn roll(&self, new_base: i64, config: &LogConfig) -> Result<Cursor, LogError> {
+        let (old_base, index, time_index) = {
+            let state = self.state.lock();
+            let base = state.active_info()?.base;
+            let indexes = &state.active.indexes;
+            (
+                base,
+                segment::encode_index(&indexes.index),
+                segment::encode_time_index(&indexes.sealed_time_index(base)),
+            )
+        };
+        for (ext, bytes) in [
+            (segment::INDEX_EXT, index),
+            (segment::TIME_INDEX_EXT, time_index),
+        ] {
+            let path = segment_path(&self.dir, old_base, ext);
+            self.files.evict(&path);
+            segment::write_file_durably(&path, &bytes)
+                .map_err(LogError::io_path("write", &path))?;
+        }
+        let old_path = self.log_path(old_base);
+        let old = self
+            .files
+            .open(&old_path, true)
+            .map_err(LogError::io_path("open", &old_path))?;
+        self.timed_sync(&old, &old_path)?;
+
+        let path = self.log_path(new_base);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .map_err(LogError::io_path("create", &path))?;
+        self.files.insert(&path, Arc::new(file));
+        if config.flush != FlushPolicy::Os {
+            segment::sync_dir(&self.dir).map_err(LogError::io_path("fsync", &self.dir))?;
+        }
+        {
+            let mut state = self.state.lock();
+            state
+                .segments
+                .insert(new_base, SegmentInfo::empty(new_base));
+            state.active = ActiveSegment {
+                indexes: IndexBuilder::new(),
+                rolling_base_ms: None,
+            };
+        }
+        tracing::debug!(dir = %self.dir.display(), sealed = old_base, new_base, "rolled log segment");
+        Ok(Cursor {
+            base: new_base,
+            size: 0,
+            end: new_base,
+            rolling_base_ms: None,
+        })
+    }
+
+    /// `fdatasync` with the fsync histogram; a failure takes the log offline.
+    fn timed_sync(&self, file: &File, path: &Path) -> Result<(), LogError> {
+        let started = Instant::now();
+        if let Err(e) = file.sync_data() {
+            self.fail(format!("fsync of {} failed: {e}", path.display()));
+            return Err(LogError::io_path("fsync", path)(e));
+        }
+        self.metrics
+            .fsync_seconds
+            .record(started.elapsed().as_secs_f64());
+        Ok(())
+    }
+
+    /// fsyncs the active segment and advances the flushed offset and the
+    /// high watermark to the log end seen before the fsync.
+    fn sync_active(&self) -> Result<(), LogError> {
+        let (end, base) = {
+            let state = self.state.lock();
+            if state.deleted {
+                return Err(LogError::Deleted(self.dir.display().to_string()));
+            }
+            if let Some(why) = &state.failed {
+                return Err(LogError::Failed(
+                    self.dir.display().to_string(),
+                    why.clone(),
+                ));
+            }
+            // Every segment before the active one was fsynced when sealed.
+            (
+                self.log_end.load(Ordering::Acquire),
+                state.active_info()?.base,
+            )
+        };
+        let path = self.log_path(base);
+        let file = self
+            .files
+            .open(&path, true)
+            .map_err(LogError::io_path("open", &path))?;
+        self.timed_sync(&file, &path)?;
+        self.flushed.fetch_max(end, Ordering::AcqRel);
+        self.set_high_watermark(end);
+        Ok(())
+    }
+
+    /// File position to scan from for `offset` in segment `seg`.
+    fn index_position(&self, seg: &SegmentInfo, offset: i64) -> Result<u64, LogError> {
+        let rel = (offset.max(seg.base) - seg.base).min(i64::from(u32::MAX)) as u32;
+        {
+            let state = self.state.lock();
+            if state.is_active(seg.base) {
+                return Ok(u64::from(state.active.indexes.lookup(rel)));
+            }
+        }
+        let path = segment_path(&self.dir, seg.base, segment::INDEX_EXT);
+        let file = self
+            .files
+            .open(&path, false)
+            .map_err(LogError::io_path("open", &path))?;
+        let pos =
+            segment::lookup_index_file(&file, rel).map_err(LogError::io_path("read", &path))?;
+        Ok(u64::from(pos))
+    }
+
+    /// File position to scan from for the first timestamp `>= ts` in `seg`.
+    fn time_position(&self, seg: &SegmentInfo, ts: i64) -> Result<u64, LogError> {
+        let rel = {
+            let state = self.state.lock();
+            if state.is_active(seg.base) {
+                Some(state.active.indexes.time_lookup(ts))
+            } else {
+                None
+            }
+        };
+        let rel = match rel {
+            Some(rel) => rel,
+            None => {
+                let path = segment_path(&self.dir, seg.base, segment::TIME_INDEX_EXT);
+                let file = self
+                    .files
+                    .open(&path, false)
+                    .map_err(LogError::io_path("open", &path))?;
+                segment::time_lookup_file(&file, ts).map_err(LogError::io_path("read", &path))?
+            }
+        };
+        match rel {
+            Some(rel) => self.index_position(seg, seg.base + i64::from(rel)),
+            None => Ok(0),
+        }
+    }
+
+    fn open_log(&self, base: i64) -> Result<(Arc<File>, PathBuf), LogError> {
+        let path = self.log_path(base);
+        let file = self
+            .files
+            .open(&path, true)
+            .map_err(LogError::io_path("open", &path))?;
+        Ok((file, path))
+    }
+
+    fn read_blocking(&self, offset: i64, max_bytes: usize, hw: i64) -> Result<Bytes, LogError> {
+        let mut from = offset;
+        loop {
+            let Some(seg) = self.state.lock().segment_for(from) else {
+                return Ok(Bytes::new());
+            };
+            if seg.base >= hw {
+                return Ok(Bytes::new());
+            }
+            let start = self.index_position(&seg, from)?;
+            let (file, path) = self.open_log(seg.base)?;
+            let mut reader = ChunkReader::new(&file, seg.size, HEADER_SCAN_CHUNK);
+            let mut pos = start;
+            // Find the batch that holds `from` (or the first one after it).
+            let first = loop {
+                match reader
+                    .header(pos)
+                    .map_err(LogError::io_path("read", &path))?
+                {
+                    None => break None,
+                    Some(Err(e)) => return Err(LogError::corrupt(&path, e)),
+                    Some(Ok(h)) if h.next_offset() > from => break Some(h),
+                    Some(Ok(h)) => pos += h.total_len() as u64,
+                }
+            };
+            let Some(first) = first else {
+                from = from.max(seg.end);
+                continue;
+            };
+            if first.base_offset >= hw {
+                return Ok(Bytes::new());
+            }
+            let first_len = first.total_len();
+            if pos + first_len as u64 > seg.size {
+                return Err(LogError::corrupt(
+                    &path,
+                    format!("batch at position {pos} runs past the segment end"),
+                ));
+            }
+            let want = if first_len >= max_bytes {
+                first_len
+            } else {
+                ((seg.size - pos) as usize).min(max_bytes)
+            };
+            let mut buf = vec![0u8; want];
+            file.read_exact_at(&mut buf, pos)
+                .map_err(LogError::io_path("read", &path))?;
+            // Keep whole batches below the high watermark.
+            let mut keep = first_len;
+            while keep + HEADER_LEN <= buf.len() {
+                let Ok(h) = BatchHeader::parse(&buf[keep..]) else {
+                    break;
+                };
+                if h.base_offset >= hw || keep + h.total_len() > buf.len() {
+                    break;
+                }
+                keep += h.total_len();
+            }
+            buf.truncate(keep);
+            return Ok(Bytes::from(buf));
+        }
+    }
+
+    /// Reads the whole batch at `pos` of a segment.
+    fn read_batch(
+        file: &File,
+        path: &Path,
+        pos: u64,
+        header: &BatchHeader,
+    ) -> Result<Bytes, LogError> {
+        let mut buf = vec![0u8; header.total_len()];
+        file.read_exact_at(&mut buf, pos)
+            .map_err(LogError::io_path("read", path))?;
+        Ok(Bytes::from(buf))
+    }
+
+    /// Decodes a batch's records as `(offset, timestamp)`: a LogAppendTime
+    /// batch's records all have the batch's max timestamp.
+    fn record_timestamps(
+        batch: Bytes,
+        header: &BatchHeader,
+        path: &Path,
+    ) -> Result<Vec<(i64, i64)>, LogError> {
+        let records = decode_records(batch)
+            .map_err(|e| LogError::corrupt(path, format!("batch {}: {e}", header.base_offset)))?;
+        Ok(records
+            .into_iter()
+            .map(|r| {
+                let ts = if header.is_log_append_time() {
+                    header.max_timestamp
+                } else {
+                    r.timestamp_ms
+                };
+                (r.offset, ts)
+            })
+            .collect())
+    }
+
+    fn segments_below(&self, hw: i64) -> Vec<SegmentInfo> {
+        self.state
+            .lock()
+            .segments
+            .values()
+            .filter(|s| s.base < hw)
+            .copied()
+            .collect()
+    }
+
+    fn offset_for_timestamp(&self, ts: i64, hw: i64) -> Result<Option<(i64, i64)>, LogError> {
+        for seg in self.segments_below(hw) {
+            if seg.max_timestamp < ts {
+                continue;
+            }
+            let start = self.time_position(&seg, ts)?;
+            let (file, path) = self.open_log(seg.base)?;
+            let mut reader = ChunkReader::new(&file, seg.size, HEADER_SCAN_CHUNK);
+            let mut pos = start;
+            while let Some(header) = reader
+                .header(pos)
+                .map_err(LogError::io_path("read", &path))?
+            {
+                let header = header.map_err(|e| LogError::corrupt(&path, e))?;
+                if header.base_offset >= hw {
+                    return Ok(None);
+                }
+                if header.max_timestamp >= ts {
+                    let batch = Self::read_batch(&file, &path, pos, &header)?;
+                    let found = Self::record_timestamps(batch, &header, &path)?
+                        .into_iter()
+                        .find(|(_, t)| *t >= ts);
+                    if found.is_some() {
+                        return Ok(found);
+                    }
+                }
+                pos += header.total_len() as u64;
+            }
+        }
+        Ok(None)
+    }
+
+    fn max_timestamp(&self, hw: i64) -> Result<Option<(i64, i64)>, LogError> {
+        // (max timestamp, base offset of the first batch that has it).
+        let mut best: Option<(i64, i64, SegmentInfo)> = None;
+        for seg in self.segments_below(hw) {
+            let candidate = if seg.max_timestamp_offset < hw {
+                (seg.max_timestamp != NO_TIMESTAMP)
+                    .then_some((seg.max_timestamp, seg.max_timestamp_offset))
+            } else {
+                // The segment's max is in an append not yet visible: work
+                // out the visible part's max from its batch headers.
+                self.scan_max_timestamp(&seg, hw)?
+            };
+            if let Some((ts, offset)) = candidate
+                && best.as_ref().is_none_or(|(best_ts, _, _)| ts > *best_ts)
+            {
+                best = Some((ts, offset, seg));
+            }
+        }
+        let Some((ts, batch_offset, seg)) = best else {
+            return Ok(None);
+        };
+        let start = self.index_position(&seg, batch_offset)?;
+        let (file, path) = self.open_log(seg.base)?;
+        let mut reader = ChunkReader::new(&file, seg.size, HEADER_SCAN_CHUNK);
+        let mut pos = start;
+        while let Some(header) = reader
+            .header(pos)
+            .map_err(LogError::io_path("read", &path))?
+        {
+            let header = header.map_err(|e| LogError::corrupt(&path, e))?;
+            if header.base_offset == batch_offset {
+                let batch = Self::read_batch(&file, &path, pos, &header)?;
+                let records = Self::record_timestamps(batch, &header, &path)?;
+                // The earliest record with the largest timestamp.
+                let top = records.iter().map(|(_, t)| *t).max();
+                return Ok(match top {
+                    Some(top) => records.into_iter().find(|(_, t)| *t == top),
+                    None => Some((batch_offset, ts)),
+                });
+            }
+            if header.base_offset > batch_offset {
+                break;
+            }
+            pos += header.total_len() as u64;
+        }
+        Err(LogError::corrupt(
+            &path,
+            format!("no batch at offset {batch_offset} where the index says the max timestamp is"),
+        ))
+    }
+
+    /// `(max timestamp, its first batch's base offset)` of the batches of
+    /// `seg` below `hw`, from their headers.
+    fn scan_max_timestamp(
+        &self,
+        seg: &SegmentInfo,
+        hw: i64,
+    ) -> Result<Option<(i64, i64)>, LogError> {
+        let (file, path) = self.open_log(seg.base)?;
+        let mut reader = ChunkReader::new(&file, seg.size, HEADER_SCAN_CHUNK);
+        let mut pos = 0;
+        let mut best: Option<(i64, i64)> = None;
+        while let Some(header) = reader
+            .header(pos)
+            .map_err(LogError::io_path("read", &path))?
+        {
+            let header = header.map_err(|e| LogError::corrupt(&path, e))?;
+            if header.base_offset >= hw {
+                break;
+            }
+            if best.is_none_or(|(t, _)| header.max_timestamp > t) {
+                best = Some((header.max_timestamp, header.base_offset));
+            }
+            pos += header.total_len() as u64;
+        }
+        Ok(best)
+    }
+}

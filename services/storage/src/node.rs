@@ -1,0 +1,216 @@
+//! The storage node's place in the cluster: registration under a lease, and
+//! keeping the local partition logs in line with the assignments the
+//! controller writes.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use runnel_cluster::{ClusterMetadata, Keys, MetadataWatcher, NodeRecord, TopicConfig, now_ms};
+use runnel_metastore::{MetaError, MetaStore};
+
+use crate::config::StorageConfig;
+use crate::error::PartitionError;
+use crate::log::{FlushPolicy, LogConfig, LogManager, PartitionLog};
+use runnel_proto::common::v1::ErrorCode;
+
+/// Shared state of a storage node.
+#[derive(Debug)]
+pub struct StorageNode {
+    pub config: StorageConfig,
+    pub node_id: i32,
+    pub store: Arc<dyn MetaStore>,
+    pub keys: Keys,
+    pub watcher: MetadataWatcher,
+    pub logs: LogManager,
+    pub flush: FlushPolicy,
+}
+
+/// The log settings a topic's configs ask for.
+pub fn log_config(topic: &TopicConfig, flush: FlushPolicy) -> LogConfig {
+    LogConfig {
+        segment_bytes: topic.segment_bytes,
+        segment_ms: (topic.segment_ms > 0).then_some(topic.segment_ms as u64),
+        flush,
+        max_message_bytes: topic.max_message_bytes,
+        log_append_time: topic.log_append_time,
+        ..LogConfig::default()
+    }
+}
+
+impl StorageNode {
+    /// The log of a partition this node leads, with the leader epoch to stamp.
+    pub async fn leader_log(
+        &self,
+        topic: &str,
+        partition: i32,
+    ) -> Result<(PartitionLog, i32), PartitionError> {
+        let md = self.watcher.current();
+        let (t, p) = md
+            .topic(topic)
+            .and_then(|t| t.partitions.get(&partition).map(|p| (t, p)))
+            .ok_or_else(|| PartitionError::unknown(topic, partition))?;
+        if p.leader != self.node_id {
+            let code = if p.leader < 0 {
+                ErrorCode::LeaderNotAvailable
+            } else {
+                ErrorCode::NotLeaderOrFollower
+            };
+            return Err(PartitionError::new(
+                code,
+                format!(
+                    "node {} does not lead {topic}-{partition} (leader is {})",
+                    self.node_id, p.leader
+                ),
+            ));
+        }
+        let log = match self.logs.get(topic, partition) {
+            Some(log) => log,
+            // The assignment arrived before the sync loop opened the log.
+            None => self
+                .logs
+                .get_or_create(
+                    topic,
+                    &t.record.topic_id,
+                    partition,
+                    log_config(&t.config, self.flush),
+                )
+                .await
+                .map_err(PartitionError::from)?,
+        };
+        Ok((log, p.leader_epoch))
+    }
+
+    /// Registers the node and keeps its lease alive until shutdown; a lost
+    /// lease (e.g. after a long pause) is replaced by a new registration.
+    pub async fn keep_registered(
+        self: Arc<Self>,
+        advertised: String,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let ttl = Duration::from_secs(self.config.lease_ttl_secs.max(2));
+        let record = NodeRecord {
+            node_id: self.node_id,
+            address: advertised,
+            rack: self.config.rack.clone(),
+            started_at_ms: now_ms(),
+        };
+        let value = Bytes::from(serde_json::to_vec(&record).unwrap_or_default());
+        loop {
+            let lease = match self.register(&value, ttl).await {
+                Ok(lease) => lease,
+                Err(e) => {
+                    tracing::warn!(error = %e, "node registration failed; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                        _ = shutdown.changed() => return,
+                    }
+                }
+            };
+            tracing::info!(node_id = self.node_id, "registered with the cluster");
+            let mut tick = tokio::time::interval(ttl / 3);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = shutdown.changed() => {
+                        // Leave at once so the controller moves leadership now.
+                        let _ = self.store.revoke_lease(lease).await;
+                        return;
+                    }
+                    _ = tick.tick() => {
+                        match self.store.keep_alive(lease).await {
+                            Ok(()) => {}
+                            Err(MetaError::LeaseNotFound(_)) => {
+                                tracing::warn!("registration lease expired; registering again");
+                                break;
+                            }
+                            Err(e) => tracing::warn!(error = %e, "lease keep-alive failed"),
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn register(&self, value: &Bytes, ttl: Duration) -> Result<i64, MetaError> {
+        let lease = self.store.grant_lease(ttl).await?;
+        self.store
+            .put(&self.keys.node(self.node_id), value.clone(), Some(lease))
+            .await?;
+        Ok(lease)
+    }
+
+    /// Opens logs for partitions assigned to this node and removes the data of
+    /// topics that were deleted (or deleted and recreated) while it watched.
+    /// Directories of topics it never saw are left alone and reported: a node
+    /// pointed at the wrong cluster must not wipe its disk.
+    pub async fn sync_assignments(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        let mut changes = self.watcher.subscribe();
+        let mut seen_topics: BTreeSet<(String, String)> = BTreeSet::new();
+        let mut warned_stray = false;
+        loop {
+            let md = changes.borrow_and_update().clone();
+            self.apply_assignments(&md, &mut seen_topics, &mut warned_stray)
+                .await;
+            tokio::select! {
+                changed = changes.changed() => if changed.is_err() { return },
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+
+    async fn apply_assignments(
+        &self,
+        md: &ClusterMetadata,
+        seen_topics: &mut BTreeSet<(String, String)>,
+        warned_stray: &mut bool,
+    ) {
+        for (name, topic) in &md.topics {
+            seen_topics.insert((name.clone(), topic.record.topic_id.clone()));
+            for (&p, state) in &topic.partitions {
+                if !state.replicas.contains(&self.node_id) {
+                    continue;
+                }
+                let config = log_config(&topic.config, self.flush);
+                if let Err(e) = self
+                    .logs
+                    .get_or_create(name, &topic.record.topic_id, p, config)
+                    .await
+                {
+                    tracing::error!(topic = %name, partition = p, error = %e, "cannot open partition log");
+                }
+            }
+        }
+        let mut stray = 0;
+        for meta in self.logs.list() {
+            let current = md.topic(&meta.topic);
+            let assigned = current.is_some_and(|t| {
+                t.record.topic_id == meta.topic_id
+                    && t.partitions
+                        .get(&meta.partition)
+                        .is_some_and(|p| p.replicas.contains(&self.node_id))
+            });
+            if assigned {
+                continue;
+            }
+            let known = seen_topics.contains(&(meta.topic.clone(), meta.topic_id.clone()));
+            let recreated = current.is_some_and(|t| t.record.topic_id != meta.topic_id);
+            if known || recreated {
+                tracing::info!(topic = %meta.topic, partition = meta.partition, "removing deleted partition");
+                if let Err(e) = self.logs.remove(&meta.topic, meta.partition).await {
+                    tracing::error!(topic = %meta.topic, partition = meta.partition, error = %e, "cannot remove partition data");
+                }
+            } else {
+                stray += 1;
+            }
+        }
+        if stray > 0 && !*warned_stray {
+            *warned_stray = true;
+            tracing::warn!(
+                count = stray,
+                "partition directories of topics this cluster does not know are left untouched"
+            );
+        }
+    }
+}
