@@ -1,3 +1,19 @@
-//! runnel storage node: partition replicas on local disk (see [`log`] for the partition log engine).
+//! The storage role: a node holding partition logs on local disk.
+//!
+//! - [`log`]: the partition log engine (segments, indexes, group-committed
+//!   fsync, crash recovery, long-poll wake-ups);
+//! - [`node`]: the node's place in the cluster — registration under a lease
+//!   and opening/removing logs as the controller assigns partitions;
+//! - [`grpc`]: `Append`, `Fetch` (long poll) and `ListOffsets` for partitions
+//!   this node leads;
+//! - [`server`]: start-up and shutdown.
 
+pub mod config;
+pub mod error;
+pub mod grpc;
 pub mod log;
+pub mod node;
+pub mod server;
+
+pub use config::StorageConfig;
+pub use server::serve;

@@ -183,7 +183,12 @@ impl StorageNode {
             }
         }
         let mut stray = 0;
-        for meta in self.logs.list() {
+        for (topic, topic_id, partition) in self.logs.list() {
+            let meta = crate::log::PartitionMeta {
+                topic,
+                topic_id,
+                partition,
+            };
             let current = md.topic(&meta.topic);
             let assigned = current.is_some_and(|t| {
                 t.record.topic_id == meta.topic_id

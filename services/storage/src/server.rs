@@ -42,8 +42,12 @@ pub async fn serve(
         .clone()
         .unwrap_or_else(|| runnel_rpc::advertised_address(local));
     let data_dir = config.data_dir.clone();
-    tracing::info!(data_dir = %data_dir.display(), "opening partition logs");
-    let logs = LogManager::open(&data_dir, LogManagerOptions::default()).await?;
+    tracing::info!(data_dir = %data_dir.display(), "opening partition logs (recovering unclean tails)");
+    let logs = tokio::task::spawn_blocking(move || {
+        LogManager::open_with(&data_dir, LogManagerOptions::default())
+    })
+    .await
+    .map_err(|e| ServeError::Config(format!("log manager start-up panicked: {e}")))??;
     let keys = Keys::new(&config.cluster);
     let watcher = MetadataWatcher::start(store.clone(), keys.clone()).await?;
     let node = Arc::new(StorageNode {
@@ -77,6 +81,12 @@ pub async fn serve(
     .await;
     let _ = registration.await;
     let _ = sync.await;
-    node.logs.flush_all().await;
+    for (topic, _, partition) in node.logs.list() {
+        if let Some(log) = node.logs.get(&topic, partition)
+            && let Err(e) = log.flush().await
+        {
+            tracing::warn!(%topic, partition, error = %e, "flush at shutdown failed");
+        }
+    }
     result.map_err(Into::into)
 }

@@ -7,6 +7,10 @@
 //! <data_dir>/orders-1/…
 //! <data_dir>/orders-1.<uuid>-delete    a deletion interrupted by a crash
 //! ```
+//!
+//! `partition.json` is written before any segment (durably, unless the log's
+//! flush policy is [`FlushPolicy::Os`]); deletions rename the directory to
+//! `…-delete` first, and [`LogManager::open`] finishes them.
 
 use std::collections::HashMap;
 use std::fs;

@@ -7,7 +7,7 @@ use std::ops::Bound;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -59,6 +59,8 @@ struct Inner {
     hw_tx: watch::Sender<i64>,
     /// An `Interval` background flush is pending.
     flush_scheduled: AtomicBool,
+    /// fsyncs of segment files so far (group commit makes it < appends).
+    fsyncs: AtomicU64,
     metrics: LogMetrics,
 }
 
@@ -310,6 +312,7 @@ impl PartitionLog {
                 flushed: AtomicI64::new(log_end),
                 hw_tx,
                 flush_scheduled: AtomicBool::new(false),
+                fsyncs: AtomicU64::new(0),
                 metrics,
             }),
         })
@@ -352,6 +355,11 @@ impl PartitionLog {
     /// Watches the high watermark (wakes long polls on append).
     pub fn subscribe(&self) -> watch::Receiver<i64> {
         self.inner.hw_tx.subscribe()
+    }
+
+    /// How many times segment files were fsynced since the log was opened.
+    pub fn fsync_count(&self) -> u64 {
+        self.inner.fsyncs.load(Ordering::Relaxed)
     }
 
     /// Bytes of log on disk (indexes not counted).
@@ -458,8 +466,11 @@ impl PartitionLog {
         tokio::spawn(async move {
             tokio::time::sleep(every).await;
             log.inner.flush_scheduled.store(false, Ordering::Release);
-            if let Err(e) = log.flush().await {
-                tracing::warn!(dir = %log.inner.dir.display(), error = %e, "background log flush failed");
+            match log.flush().await {
+                Ok(()) | Err(LogError::Deleted(_)) => {}
+                Err(e) => {
+                    tracing::warn!(dir = %log.inner.dir.display(), error = %e, "background log flush failed")
+                }
             }
         });
     }
@@ -606,6 +617,13 @@ fn open_sealed_segment(
         }
     }
     Ok(info)
+}
+
+impl Drop for Inner {
+    /// The last clone is gone: close its files.
+    fn drop(&mut self) {
+        self.files.evict_dir(&self.dir);
+    }
 }
 
 impl Inner {
@@ -850,6 +868,7 @@ impl Inner {
         self.metrics
             .fsync_seconds
             .record(started.elapsed().as_secs_f64());
+        self.fsyncs.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
@@ -1155,5 +1174,71 @@ impl Inner {
             pos += header.total_len() as u64;
         }
         Ok(best)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use runnel_records::build::{Compression, PlainRecord, build_batch};
+
+    fn batch(ts: &[i64]) -> (BatchHeader, Bytes) {
+        let records: Vec<PlainRecord> = ts
+            .iter()
+            .map(|t| PlainRecord {
+                key: None,
+                value: Some(Bytes::from_static(b"v")),
+                headers: vec![],
+                timestamp_ms: *t,
+            })
+            .collect();
+        let bytes = build_batch(&records, Compression::None).unwrap();
+        (batch::validate(&bytes).unwrap(), bytes)
+    }
+
+    /// Data written but not yet below the high watermark (an append whose
+    /// fsync is still running) is invisible to every reader.
+    #[tokio::test]
+    async fn nothing_at_or_beyond_the_high_watermark_is_visible() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = LogConfig {
+            flush: FlushPolicy::Os,
+            ..LogConfig::default()
+        };
+        let log = PartitionLog::open(dir.path(), config.clone()).unwrap();
+        log.append(vec![batch(&[10, 20])], 0).await.unwrap();
+        // Write a second batch the way an EveryAppend append does before
+        // its fsync: log end moves, the high watermark does not.
+        let inner = log.inner.clone();
+        let (_, end) = inner
+            .write_batches(
+                vec![batch(&[30, 99])],
+                0,
+                now_ms(),
+                &LogConfig {
+                    flush: FlushPolicy::EveryAppend,
+                    ..config
+                },
+            )
+            .unwrap();
+        assert_eq!((log.high_watermark(), log.log_end_offset(), end), (2, 4, 4));
+        let visible = log.read(0, 1 << 20).await.unwrap();
+        assert_eq!(
+            BatchHeader::parse(&visible).unwrap().total_len(),
+            visible.len()
+        );
+        assert!(matches!(
+            log.read(3, 100).await,
+            Err(LogError::OffsetOutOfRange { end: 2, .. })
+        ));
+        assert_eq!(log.offset_for_timestamp(25).await.unwrap(), None);
+        assert_eq!(log.offset_for_timestamp(15).await.unwrap(), Some((1, 20)));
+        // The segment's max (99) is in the invisible batch.
+        assert_eq!(log.max_timestamp().await.unwrap(), Some((1, 20)));
+        log.flush().await.unwrap();
+        assert_eq!(log.high_watermark(), 4);
+        assert_eq!(log.max_timestamp().await.unwrap(), Some((3, 99)));
+        assert_eq!(log.offset_for_timestamp(25).await.unwrap(), Some((2, 30)));
     }
 }

@@ -1,0 +1,227 @@
+//! `runnel dev`: every role in one process.
+//!
+//! The metastore is embedded (a file in the data directory) and each role
+//! serves its own gRPC port on loopback; roles reach each other through those
+//! ports exactly as separate deployments do, so this mode exercises the same
+//! code paths. Tests and the benchmark start it on port 0.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use runnel_coordinator::CoordinatorConfig;
+use runnel_ingest::IngestConfig;
+use runnel_metastore::MetaStore;
+use runnel_storage::StorageConfig;
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// Settings of `runnel dev`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DevConfig {
+    /// Everything runnel stores: partition logs and the embedded metastore.
+    pub data_dir: PathBuf,
+    /// Host the gRPC ports bind to.
+    pub host: String,
+    pub coordinator_port: u16,
+    pub storage_port: u16,
+    pub ingest_port: u16,
+    /// Prometheus `/metrics` for the whole process; empty to disable.
+    pub metrics_listen: String,
+    /// A metastore URL instead of the embedded file (e.g. `etcd://…`).
+    pub metastore: Option<String>,
+    /// Storage flush policy: always, interval or os.
+    pub flush: String,
+    pub auto_create_topics: bool,
+    /// Seconds a registration lease lives without keep-alive.
+    pub lease_ttl_secs: u64,
+}
+
+impl Default for DevConfig {
+    fn default() -> Self {
+        DevConfig {
+            data_dir: PathBuf::from("data"),
+            host: "127.0.0.1".into(),
+            coordinator_port: 7400,
+            storage_port: 7500,
+            ingest_port: 7600,
+            metrics_listen: "127.0.0.1:9644".into(),
+            metastore: None,
+            flush: "always".into(),
+            auto_create_topics: false,
+            lease_ttl_secs: 10,
+        }
+    }
+}
+
+/// A running in-process cluster.
+#[derive(Debug)]
+pub struct DevCluster {
+    pub coordinator: String,
+    pub storage: String,
+    pub ingest: String,
+    pub store: Arc<dyn MetaStore>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)>,
+}
+
+fn stopped(mut rx: watch::Receiver<bool>) -> impl std::future::Future<Output = ()> + Send + 'static {
+    async move {
+        let _ = rx.wait_for(|v| *v).await;
+    }
+}
+
+impl DevCluster {
+    /// Binds every port, then starts the roles.
+    pub async fn start(config: DevConfig) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
+        let data_dir = config.data_dir.canonicalize()?;
+        let metastore_url = config.metastore.clone().unwrap_or_else(|| {
+            format!("file://{}", data_dir.join("metastore.json").display())
+        });
+        let store = runnel_metastore::open(&metastore_url)
+            .await
+            .with_context(|| format!("opening metastore {metastore_url}"))?;
+        let bind = |port: u16| {
+            let addr = format!("{}:{port}", config.host);
+            async move {
+                TcpListener::bind(&addr)
+                    .await
+                    .with_context(|| format!("binding {addr} (is another runnel running?)"))
+            }
+        };
+        let coordinator_l = bind(config.coordinator_port).await?;
+        let storage_l = bind(config.storage_port).await?;
+        let ingest_l = bind(config.ingest_port).await?;
+        let addr = |l: &TcpListener| l.local_addr().map(runnel_rpc::advertised_address);
+        let coordinator = addr(&coordinator_l)?;
+        let storage = addr(&storage_l)?;
+        let ingest = addr(&ingest_l)?;
+
+        let (stop, stop_rx) = watch::channel(false);
+        let mut tasks: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)> = Vec::new();
+
+        let c = CoordinatorConfig {
+            metastore: metastore_url.clone(),
+            advertised_address: Some(coordinator.clone()),
+            lease_ttl_secs: config.lease_ttl_secs,
+            ..Default::default()
+        };
+        let s = store.clone();
+        let rx = stop_rx.clone();
+        tasks.push((
+            "coordinator",
+            tokio::spawn(async move {
+                runnel_coordinator::serve(c, s, coordinator_l, stopped(rx))
+                    .await
+                    .map_err(Into::into)
+            }),
+        ));
+
+        let st = StorageConfig {
+            node_id: 1,
+            data_dir: data_dir.join("storage"),
+            metastore: metastore_url.clone(),
+            advertised_address: Some(storage.clone()),
+            flush: config.flush.clone(),
+            lease_ttl_secs: config.lease_ttl_secs,
+            ..Default::default()
+        };
+        let s = store.clone();
+        let rx = stop_rx.clone();
+        tasks.push((
+            "storage",
+            tokio::spawn(async move {
+                runnel_storage::serve(st, s, storage_l, stopped(rx))
+                    .await
+                    .map_err(Into::into)
+            }),
+        ));
+
+        let i = IngestConfig {
+            metastore: metastore_url.clone(),
+            auto_create_topics: config.auto_create_topics,
+            ..Default::default()
+        };
+        let s = store.clone();
+        let rx = stop_rx.clone();
+        tasks.push((
+            "ingest",
+            tokio::spawn(async move {
+                runnel_ingest::serve(i, s, ingest_l, stopped(rx))
+                    .await
+                    .map_err(Into::into)
+            }),
+        ));
+
+        let cluster = DevCluster {
+            coordinator,
+            storage,
+            ingest,
+            store,
+            stop,
+            tasks,
+        };
+        cluster.wait_ready().await?;
+        Ok(cluster)
+    }
+
+    /// Waits until the controller is elected and the storage node registered,
+    /// so the first topic creation succeeds.
+    async fn wait_ready(&self) -> anyhow::Result<()> {
+        let admin = runnel_client::Admin::connect(&self.coordinator)?;
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            if let Some((name, task)) = self.tasks.iter().find(|(_, t)| t.is_finished()) {
+                let _ = task;
+                anyhow::bail!("{name} stopped during start-up; see the log above");
+            }
+            if let Ok(md) = admin.metadata(&[]).await
+                && md.controller_id >= 0
+                && !md.nodes.is_empty()
+                && !md.cluster_id.is_empty()
+            {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                anyhow::bail!("runnel dev did not become ready in 30 s");
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Stops every role and waits for them.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(true);
+        let mut first_error = None;
+        for (name, task) in self.tasks {
+            match task.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::error!(role = name, error = %e, "role failed");
+                    first_error.get_or_insert(e);
+                }
+                Err(e) => {
+                    first_error.get_or_insert(anyhow::anyhow!("{name} panicked: {e}"));
+                }
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Resolves when any role stops on its own (an error).
+    pub async fn any_stopped(&mut self) -> anyhow::Result<()> {
+        let (result, index, _) =
+            futures::future::select_all(self.tasks.iter_mut().map(|(_, t)| t)).await;
+        let name = self.tasks[index].0;
+        match result {
+            Ok(Ok(())) => anyhow::bail!("{name} stopped"),
+            Ok(Err(e)) => Err(e.context(format!("{name} failed"))),
+            Err(e) => anyhow::bail!("{name} panicked: {e}"),
+        }
+    }
+}
