@@ -119,7 +119,7 @@ impl std::fmt::Debug for Command {
 
 impl Producer {
     pub fn new(config: ProducerConfig) -> Result<Self, ClientError> {
-        if !matches!(config.acks, 0 | 1 | -1) {
+        if !matches!(config.acks, -1..=1) {
             return Err(ClientError::Invalid(format!("acks must be 0, 1 or -1, not {}", config.acks)));
         }
         let channel = runnel_rpc::lazy_channel(&config.ingest)?;

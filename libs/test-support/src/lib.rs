@@ -1,17 +1,21 @@
 //! Helpers shared by runnel's tests (not part of any shipped binary).
 //!
 //! Tests here run against the real things: [`EtcdServer`] starts a real `etcd`
-//! binary as a child process on free loopback ports and kills it on drop. A
-//! helper whose binary is missing panics with a message saying what to
-//! install; it never lets a test pass silently.
+//! binary as a child process on free loopback ports and kills it on drop;
+//! [`ChildProcess`] runs any server binary (e.g. a runnel role) the same way,
+//! with its log in a file, readiness through gRPC health, `kill -9` and
+//! restart. A helper whose binary is missing panics with a message saying
+//! what to install; it never lets a test pass silently.
 
 use std::collections::HashSet;
 use std::net::{Ipv4Addr, TcpListener};
 use std::sync::Mutex;
 
 mod etcd;
+pub mod process;
 
 pub use etcd::EtcdServer;
+pub use process::ChildProcess;
 
 /// A TCP port on 127.0.0.1 that was free a moment ago. The same process is
 /// never handed the same port twice, so helpers starting several servers at

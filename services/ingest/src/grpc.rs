@@ -31,7 +31,7 @@ impl IngestGrpc {
         acks: i32,
         timeout_ms: u32,
     ) -> Result<Response<pb::ProduceResponse>, Status> {
-        if !matches!(acks, 0 | 1 | -1) {
+        if !matches!(acks, -1..=1) {
             m.fail("INVALID_REQUIRED_ACKS");
             return Err(Status::invalid_argument(format!(
                 "acks must be 0, 1 or -1 (all), not {acks}"

@@ -68,10 +68,8 @@ pub struct DevCluster {
     tasks: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)>,
 }
 
-fn stopped(mut rx: watch::Receiver<bool>) -> impl std::future::Future<Output = ()> + Send + 'static {
-    async move {
-        let _ = rx.wait_for(|v| *v).await;
-    }
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|v| *v).await;
 }
 
 impl DevCluster {

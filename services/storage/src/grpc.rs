@@ -108,7 +108,7 @@ impl StorageService for StorageGrpc {
     ) -> Result<Response<pb::AppendResponse>, Status> {
         let mut m = RequestMetrics::start("storage", "Append");
         let req = request.into_inner();
-        if !matches!(req.acks, 0 | 1 | -1) {
+        if !matches!(req.acks, -1..=1) {
             m.fail("invalid_acks");
             return Err(Status::invalid_argument(format!(
                 "acks must be 0, 1 or -1, not {}",

@@ -1,0 +1,1 @@
+//! The edge role (in progress).

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The one test command (README, CI): installs what the tests need, checks
+# formatting and lints, builds, then runs every test — unit, integration
+# against real etcd and real runnel processes, and real Kafka clients against
+# the edge.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+./tests/setup.sh
+export PATH="$PWD/tests/python/.venv/bin:$PATH"
+
+echo "== format and lints"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+echo "== build"
+cargo build --workspace --all-targets --locked
+
+echo "== Rust tests (unit, integration, end to end)"
+cargo test --workspace --locked
+
+if [ -d tests/python ] && ls tests/python/test_*.py >/dev/null 2>&1; then
+  echo "== Kafka client tests against runnel dev's edge"
+  ./tests/python/run.sh
+fi
+echo "== all tests passed"

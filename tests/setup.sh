@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Installs what runnel's tests need on a fresh Debian/Ubuntu machine:
+#   - etcd (the real metastore the integration tests start),
+#   - kcat (a librdkafka command-line client),
+#   - a Python virtualenv with Kafka clients and pytest (tests/python/.venv).
+# protoc is not needed: the build uses the vendored one (see .cargo/config.toml).
+# Safe to run again: it installs only what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+  if command -v sudo >/dev/null 2>&1; then SUDO="sudo"; else
+    echo "setup: not root and no sudo; install etcd-server and kcat yourself" >&2
+  fi
+fi
+
+need_apt=()
+command -v etcd >/dev/null 2>&1 || need_apt+=(etcd-server)
+command -v kcat >/dev/null 2>&1 || need_apt+=(kcat)
+if [ "${#need_apt[@]}" -gt 0 ]; then
+  if command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing ${need_apt[*]}"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+    # The Debian package starts a system etcd on 2379; the tests start their
+    # own on free ports and do not need it.
+    if command -v systemctl >/dev/null 2>&1; then $SUDO systemctl disable --now etcd >/dev/null 2>&1 || true; fi
+  else
+    echo "setup: please install: ${need_apt[*]}" >&2
+    exit 1
+  fi
+fi
+
+VENV=tests/python/.venv
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "setup: creating $VENV"
+  python3 -m venv "$VENV"
+fi
+if ! "$VENV/bin/python" -c "import confluent_kafka, kafka, pytest" >/dev/null 2>&1; then
+  echo "setup: installing Python Kafka clients"
+  "$VENV/bin/pip" install -q --disable-pip-version-check \
+    "confluent-kafka>=2.3" "kafka-python>=2.0.2" "pytest>=7"
+fi
+echo "setup: ok (etcd $(etcd --version 2>/dev/null | head -1 | awk '{print $3}'), kcat, $("$VENV/bin/python" --version))"
