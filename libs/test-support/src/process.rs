@@ -234,7 +234,6 @@ impl ChildProcess {
     #[allow(clippy::panic)]
     pub async fn wait_healthy(&mut self, address: &str, service: &str, timeout: Duration) {
         let deadline = Instant::now() + timeout;
-        let mut last = String::from("no answer yet");
         loop {
             if let Some(status) = self.exited() {
                 panic!(
@@ -247,11 +246,11 @@ impl ChildProcess {
             if self.child.is_none() {
                 panic!("{} is not running", self.name);
             }
-            match health_status(address, service).await {
+            let last = match health_status(address, service).await {
                 Ok(ServingStatus::Serving) => return,
-                Ok(other) => last = format!("health status {other:?}"),
-                Err(e) => last = e,
-            }
+                Ok(other) => format!("health status {other:?}"),
+                Err(e) => e,
+            };
             if Instant::now() >= deadline {
                 panic!(
                     "{} at {address} not SERVING after {timeout:?} ({last}); last {TAIL_LINES} log lines ({}):\n{}",

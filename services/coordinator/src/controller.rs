@@ -349,6 +349,16 @@ impl Controller {
         }
         tracing::info!(topic = %record.name, partitions = record.partitions,
             replication_factor = record.replication_factor, "topic created");
+        // Answer once this instance's own view has the topic, so a client's
+        // next metadata call sees what it just created.
+        let (name, id, count) = (record.name.clone(), record.topic_id.clone(), record.partitions);
+        self.watcher
+            .wait_until(Duration::from_secs(5), |md| {
+                md.topic(&name).is_some_and(|t| {
+                    t.record.topic_id == id && t.partitions.len() as i32 >= count
+                })
+            })
+            .await;
         Ok((record, partitions))
     }
 
@@ -366,6 +376,9 @@ impl Controller {
             .delete_prefix(&self.keys.topic_partitions_prefix(name))
             .await?;
         tracing::info!(topic = %name, "topic deleted");
+        self.watcher
+            .wait_until(Duration::from_secs(5), |md| md.topic(name).is_none())
+            .await;
         Ok(())
     }
 }

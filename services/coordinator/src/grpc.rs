@@ -144,9 +144,16 @@ impl CoordinatorService for CoordinatorGrpc {
             }));
         }
         if let Some((address, mut client)) = self.forward_target().map_err(|e| fail(&mut m, e))? {
-            return client.create_topic(req).await.map_err(|status| {
+            let name = req.name.clone();
+            let response = client.create_topic(req).await.map_err(|status| {
                 fail(&mut m, CoordinatorError::Forward { address, status })
-            });
+            })?;
+            // Let this instance's view catch up before answering.
+            self.controller
+                .watcher
+                .wait_until(std::time::Duration::from_secs(5), |md| md.topic(&name).is_some())
+                .await;
+            return Ok(response);
         }
         let (record, partitions) = self
             .controller

@@ -32,6 +32,8 @@ pub struct PartitionData {
 pub struct Router {
     pub config: IngestConfig,
     pub watcher: MetadataWatcher,
+    store: Arc<dyn MetaStore>,
+    keys: Keys,
     pool: runnel_rpc::ChannelPool,
 }
 
@@ -64,10 +66,13 @@ fn retriable(code: i32) -> bool {
 
 impl Router {
     pub async fn new(config: IngestConfig, store: Arc<dyn MetaStore>) -> Result<Self, runnel_metastore::MetaError> {
-        let watcher = MetadataWatcher::start(store, Keys::new(&config.cluster)).await?;
+        let keys = Keys::new(&config.cluster);
+        let watcher = MetadataWatcher::start(store.clone(), keys.clone()).await?;
         Ok(Router {
             config,
             watcher,
+            store,
+            keys,
             pool: runnel_rpc::ChannelPool::new(),
         })
     }
@@ -90,11 +95,16 @@ impl Router {
         if md.topics.contains_key(topic) {
             return Some(md);
         }
-        if !self.config.auto_create_topics {
-            return None;
-        }
-        if let Err(e) = self.create_topic(topic).await {
-            tracing::warn!(topic, error = %e, "auto-create failed");
+        // The watch may lag a topic created a moment ago: ask the store
+        // itself before calling the topic unknown.
+        let exists = matches!(self.store.get(&self.keys.topic(topic)).await, Ok(Some(_)));
+        if !exists {
+            if !self.config.auto_create_topics {
+                return None;
+            }
+            if let Err(e) = self.create_topic(topic).await {
+                tracing::warn!(topic, error = %e, "auto-create failed");
+            }
         }
         let wait = deadline.saturating_duration_since(Instant::now());
         self.watcher
