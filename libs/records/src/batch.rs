@@ -165,8 +165,37 @@ pub fn validate(batch: &[u8]) -> Result<BatchHeader, BatchError> {
     Ok(header)
 }
 
+/// Most records a produced batch may claim (librdkafka's own ceiling).
+pub const MAX_RECORDS_PER_BATCH: i32 = 1_000_000;
+/// Smallest encoding of one record: length, attributes, timestamp delta,
+/// offset delta, key length, value length and header count, a byte each.
+const MIN_RECORD_BYTES: usize = 7;
+
+/// [`validate`] plus the rules for a batch a producer sends: at least one
+/// record, offset deltas 0..count (no gaps, as Kafka requires of clients),
+/// and a record count the bytes can hold — so a hostile header cannot make a
+/// later decoder allocate for billions of records.
+pub fn validate_produced(batch: &[u8]) -> Result<BatchHeader, BatchError> {
+    let header = validate(batch)?;
+    let bad = || BatchError::BadRecordCount {
+        count: header.records_count,
+        last_offset_delta: header.last_offset_delta,
+    };
+    if header.records_count < 1
+        || header.records_count > MAX_RECORDS_PER_BATCH
+        || header.last_offset_delta != header.records_count - 1
+    {
+        return Err(bad());
+    }
+    let payload = header.total_len() - HEADER_LEN;
+    if header.compression() == 0 && header.records_count as usize * MIN_RECORD_BYTES > payload {
+        return Err(bad());
+    }
+    Ok(header)
+}
+
 /// Iterates the batches of a buffer that must hold whole, valid batches only
-/// (what a producer sends). Each item is checked with [`validate`].
+/// (what a producer sends). Each item is checked with [`validate_produced`].
 #[derive(Debug, Clone)]
 pub struct Batches {
     rest: Bytes,
@@ -194,7 +223,7 @@ impl Iterator for Batches {
         if self.rest.is_empty() {
             return None;
         }
-        match validate(&self.rest) {
+        match validate_produced(&self.rest) {
             Ok(header) => {
                 let batch = self.rest.split_to(header.total_len());
                 Some(Ok((header, batch)))
@@ -298,6 +327,29 @@ mod tests {
         let mut b = sample().to_vec();
         b[8..12].copy_from_slice(&(-5i32).to_be_bytes());
         assert_eq!(validate(&b), Err(BatchError::BadLength(-5)));
+    }
+
+    #[test]
+    fn produced_batches_must_have_honest_counts() {
+        let good = sample();
+        assert!(validate_produced(&good).is_ok());
+        // Claim a billion records in a small uncompressed batch, CRC fixed up.
+        let mut b = good.to_vec();
+        b[23..27].copy_from_slice(&999_999i32.to_be_bytes());
+        b[57..61].copy_from_slice(&1_000_000i32.to_be_bytes());
+        let crc = crc32c::crc32c(&b[21..]);
+        b[17..21].copy_from_slice(&crc.to_be_bytes());
+        assert!(validate(&b).is_ok(), "structurally fine");
+        assert!(matches!(
+            validate_produced(&b),
+            Err(BatchError::BadRecordCount { .. })
+        ));
+        // A gap between the count and the last offset delta.
+        let mut b = good.to_vec();
+        b[23..27].copy_from_slice(&10i32.to_be_bytes());
+        let crc = crc32c::crc32c(&b[21..]);
+        b[17..21].copy_from_slice(&crc.to_be_bytes());
+        assert!(validate_produced(&b).is_err());
     }
 
     #[test]
