@@ -67,30 +67,34 @@ pub async fn partition_leaders(
 /// and the ingest instance at `ingest` (if any) knows the topic, so the
 /// first produce and the first consume do not race the metadata watches.
 pub async fn wait_topic_ready(coordinator: &str, ingest: Option<&str>, topic: &str) {
-    eventually(&format!("topic {topic} served by its leaders"), SOON, || async {
-        let leaders = partition_leaders(coordinator, topic).await?;
-        for (partition, (_, address)) in leaders {
-            let r = storage_client(&address)
-                .list_offsets(storage_pb::ListOffsetsRequest {
-                    queries: vec![storage_pb::OffsetQuery {
-                        topic: topic.to_string(),
-                        partition,
-                        timestamp: -1,
-                    }],
-                })
-                .await
-                .map_err(|s| format!("list offsets at {address}: {s}"))?
-                .into_inner();
-            let r = &r.results[0];
-            if r.error != 0 {
-                return Err(format!(
-                    "{topic}-{partition} at {address}: {} {}",
-                    r.error, r.error_message
-                ));
+    eventually(
+        &format!("topic {topic} served by its leaders"),
+        SOON,
+        || async {
+            let leaders = partition_leaders(coordinator, topic).await?;
+            for (partition, (_, address)) in leaders {
+                let r = storage_client(&address)
+                    .list_offsets(storage_pb::ListOffsetsRequest {
+                        queries: vec![storage_pb::OffsetQuery {
+                            topic: topic.to_string(),
+                            partition,
+                            timestamp: -1,
+                        }],
+                    })
+                    .await
+                    .map_err(|s| format!("list offsets at {address}: {s}"))?
+                    .into_inner();
+                let r = &r.results[0];
+                if r.error != 0 {
+                    return Err(format!(
+                        "{topic}-{partition} at {address}: {} {}",
+                        r.error, r.error_message
+                    ));
+                }
             }
-        }
-        Ok(())
-    })
+            Ok(())
+        },
+    )
     .await;
     if let Some(ingest) = ingest {
         eventually(&format!("ingest knows topic {topic}"), SOON, || async {
@@ -117,13 +121,32 @@ pub async fn consume_all(coordinator: &str, topic: &str) -> BTreeMap<i32, Vec<Co
     let mut config = ConsumerConfig::new(coordinator);
     config.max_wait = Duration::from_millis(200);
     let mut consumer = Consumer::new(config).unwrap();
-    let partitions = consumer
+    consumer
         .assign(topic, None, StartOffset::Earliest)
         .await
         .unwrap_or_else(|e| panic!("assigning {topic}: {e}"));
+    drain(&mut consumer, coordinator, topic).await
+}
+
+/// Polls `consumer` (assigned partitions of `topic`) until each partition's
+/// position reaches the latest offset it had when this was called; returns
+/// what was read, per partition.
+pub async fn drain(
+    consumer: &mut Consumer,
+    coordinator: &str,
+    topic: &str,
+) -> BTreeMap<i32, Vec<ConsumedRecord>> {
+    let info = Admin::connect(coordinator)
+        .unwrap()
+        .describe_topic(topic)
+        .await
+        .unwrap_or_else(|e| panic!("describing {topic}: {e}"));
     let mut ends = BTreeMap::new();
     let mut out: BTreeMap<i32, Vec<ConsumedRecord>> = BTreeMap::new();
-    for &p in &partitions {
+    for p in 0..info.partition_count {
+        if consumer.position(topic, p).is_none() {
+            continue;
+        }
         let (end, _) = consumer
             .list_offset(topic, p, -1)
             .await
@@ -142,7 +165,9 @@ pub async fn consume_all(coordinator: &str, topic: &str) -> BTreeMap<i32, Vec<Co
             return out;
         }
         if tokio::time::Instant::now() > deadline {
-            panic!("consuming {topic}: partitions still behind (partition, position, end): {behind:?}");
+            panic!(
+                "consuming {topic}: partitions still behind (partition, position, end): {behind:?}"
+            );
         }
         let records = consumer
             .poll()
@@ -171,7 +196,10 @@ pub async fn scan_partition(
     topic: &str,
     partition: i32,
 ) -> (Vec<ServedBatch>, i64) {
-    let leaders = eventually("partition leaders", SOON, || partition_leaders(coordinator, topic)).await;
+    let leaders = eventually("partition leaders", SOON, || {
+        partition_leaders(coordinator, topic)
+    })
+    .await;
     let address = leaders[&partition].1.clone();
     let mut client = storage_client(&address);
     let fetch = |offset: i64| storage_pb::FetchRequest {
@@ -271,8 +299,7 @@ pub async fn http_get(address: &str, path: &str) -> Result<String, String> {
     .await
     .map_err(|_| format!("connecting to {address} timed out"))?
     .map_err(|e| format!("connecting to {address}: {e}"))?;
-    let request =
-        format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
     stream
         .write_all(request.as_bytes())
         .await

@@ -50,10 +50,8 @@ impl std::fmt::Debug for InProcessCluster {
     }
 }
 
-fn stopped(mut rx: watch::Receiver<bool>) -> impl std::future::Future<Output = ()> + Send + 'static {
-    async move {
-        let _ = rx.wait_for(|v| *v).await;
-    }
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|v| *v).await;
 }
 
 async fn bind() -> (TcpListener, String) {
@@ -171,7 +169,10 @@ impl InProcessCluster {
                 .map(|(n, _)| n.clone())
                 .collect();
             async move {
-                assert!(finished.is_empty(), "roles stopped during start-up: {finished:?}");
+                assert!(
+                    finished.is_empty(),
+                    "roles stopped during start-up: {finished:?}"
+                );
                 let md = admin.metadata(&[]).await.map_err(|e| e.to_string())?;
                 if md.controller_id < 0 || md.cluster_id.is_empty() || md.nodes.len() != nodes {
                     return Err(format!(
@@ -210,9 +211,9 @@ impl InProcessCluster {
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         for (name, task) in self.tasks {
-            let outcome = tokio::time::timeout(SOON, task)
-                .await
-                .unwrap_or_else(|_| panic!("{name} did not stop after its shutdown future resolved"));
+            let outcome = tokio::time::timeout(SOON, task).await.unwrap_or_else(|_| {
+                panic!("{name} did not stop after its shutdown future resolved")
+            });
             match outcome {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => panic!("{name} failed: {e}"),

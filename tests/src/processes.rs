@@ -3,7 +3,6 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
-use std::time::Duration;
 
 use runnel_client::Admin;
 use runnel_test_support::{ChildProcess, EtcdServer, free_port};
@@ -13,11 +12,19 @@ use crate::{SOON, eventually, init_tracing, start_etcd, unique_name};
 
 /// The `runnel` binary the process tests run.
 ///
-/// `RUNNEL_BIN` names one explicitly (e.g. a release build in CI). Otherwise
-/// the tests run `cargo build -p runnel` once per test binary (same profile
-/// as the tests) and use the executable cargo reports, so the processes
-/// always run the code of this checkout, wherever the target directory is;
-/// when it is already up to date this costs a second or two.
+/// - `RUNNEL_BIN` names one explicitly (e.g. a release build in CI);
+/// - otherwise `<target dir>/<profile>/runnel` (the target directory from
+///   `CARGO_TARGET_DIR` or the workspace's `target/`, the profile the tests
+///   are built with) when it is newer than every source file of the
+///   workspace (`*.rs`, `*.proto`, `Cargo.toml`, `Cargo.lock`), which is the
+///   case after `cargo build`/`cargo test --workspace`;
+/// - otherwise the tests run `cargo build -p runnel` once per test binary
+///   and use the executable cargo reports.
+///
+/// So the processes always run the code of this checkout, and a test run
+/// that already built the binary does not build it again (a `-p runnel`
+/// build can resolve features differently from a workspace build and
+/// recompile dependencies).
 ///
 /// Blocking; from async code call it through `spawn_blocking`.
 pub fn runnel_binary() -> PathBuf {
@@ -27,25 +34,78 @@ pub fn runnel_binary() -> PathBuf {
             let bin = PathBuf::from(bin);
             assert!(
                 bin.is_file(),
-                "RUNNEL_BIN={} is not a file; unset it to let the tests build `runnel`",
+                "RUNNEL_BIN={} is not a file; unset it to let the tests find or build `runnel`",
                 bin.display()
             );
             return bin;
         }
-        build_runnel()
+        let workspace = workspace_dir();
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(|d| workspace.join(d))
+            .unwrap_or_else(|| workspace.join("target"));
+        let profile = if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        };
+        let built = target.join(profile).join("runnel");
+        let built_at = std::fs::metadata(&built).and_then(|m| m.modified()).ok();
+        match built_at {
+            Some(t) if t >= newest_source(&workspace) => built,
+            _ => build_runnel(&workspace),
+        }
     })
     .clone()
 }
 
-fn build_runnel() -> PathBuf {
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+fn workspace_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("the tests crate lives in the workspace")
-        .to_path_buf();
+        .to_path_buf()
+}
+
+/// The newest modification time of the workspace's sources.
+fn newest_source(workspace: &Path) -> std::time::SystemTime {
+    fn walk(dir: &Path, newest: &mut std::time::SystemTime) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.filter_map(Result::ok) {
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') || name == "target" {
+                continue;
+            }
+            if path.is_dir() {
+                walk(&path, newest);
+            } else if (name.ends_with(".rs")
+                || name.ends_with(".proto")
+                || name == "Cargo.toml"
+                || name == "Cargo.lock")
+                && let Ok(t) = entry.metadata().and_then(|m| m.modified())
+            {
+                *newest = (*newest).max(t);
+            }
+        }
+    }
+    let mut newest = std::time::SystemTime::UNIX_EPOCH;
+    for file in ["Cargo.toml", "Cargo.lock"] {
+        if let Ok(t) = std::fs::metadata(workspace.join(file)).and_then(|m| m.modified()) {
+            newest = newest.max(t);
+        }
+    }
+    for dir in ["libs", "services", "proto"] {
+        walk(&workspace.join(dir), &mut newest);
+    }
+    newest
+}
+
+fn build_runnel(workspace: &Path) -> PathBuf {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut command = Command::new(&cargo);
     command
-        .current_dir(&workspace)
+        .current_dir(workspace)
         .args(["build", "-p", "runnel", "--bin", "runnel"])
         .arg("--message-format=json-render-diagnostics");
     if !cfg!(debug_assertions) {
@@ -73,7 +133,11 @@ fn build_runnel() -> PathBuf {
     let executable = executable.unwrap_or_else(|| {
         panic!("`cargo build -p runnel` reported no runnel executable; output:\n{stdout}")
     });
-    assert!(executable.is_file(), "{} does not exist", executable.display());
+    assert!(
+        executable.is_file(),
+        "{} does not exist",
+        executable.display()
+    );
     executable
 }
 
@@ -224,7 +288,11 @@ impl ProcessCluster {
                 RoleKind::Storage => process
                     .args(["--node-id", &id.to_string()])
                     .arg("--data-dir")
-                    .arg(data_dir.as_ref().expect("a storage node needs a data directory"))
+                    .arg(
+                        data_dir
+                            .as_ref()
+                            .expect("a storage node needs a data directory"),
+                    )
                     .args(["--lease-ttl-secs", &ttl]),
                 RoleKind::Ingest => process,
             };
@@ -243,7 +311,12 @@ impl ProcessCluster {
         let storage: Vec<Role> = (1..=spec.storage_nodes as i32)
             .map(|id| {
                 let data_dir = dir.path().join(format!("storage-{id}"));
-                role(RoleKind::Storage, id, format!("storage-{id}"), Some(data_dir))
+                role(
+                    RoleKind::Storage,
+                    id,
+                    format!("storage-{id}"),
+                    Some(data_dir),
+                )
             })
             .collect();
         let ingest = spec
@@ -286,7 +359,11 @@ impl ProcessCluster {
     }
 
     pub fn ingest(&self) -> &str {
-        &self.ingest.as_ref().expect("this cluster has no ingest").address
+        &self
+            .ingest
+            .as_ref()
+            .expect("this cluster has no ingest")
+            .address
     }
 
     /// The storage node with this id.
@@ -338,7 +415,3 @@ impl Drop for ProcessCluster {
         }
     }
 }
-
-/// How long a test may wait for a process to notice something that takes a
-/// lease TTL or two.
-pub const LEASE_WAIT: Duration = Duration::from_secs(40);

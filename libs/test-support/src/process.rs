@@ -10,9 +10,9 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
+use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
-use tonic_health::pb::HealthCheckRequest;
 
 /// How many log lines a failure message shows.
 const TAIL_LINES: usize = 40;
@@ -131,13 +131,9 @@ impl ChildProcess {
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(err);
-        let child = command.spawn().unwrap_or_else(|e| {
-            panic!(
-                "spawning {} ({}): {e}",
-                self.name,
-                self.program.display()
-            )
-        });
+        let child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {} ({}): {e}", self.name, self.program.display()));
         self.child = Some(child);
     }
 

@@ -1,0 +1,437 @@
+//! A structural check of request bodies before the `kafka-protocol` crate
+//! decodes them.
+//!
+//! The crate's array decoders call `Vec::with_capacity(n)` with the element
+//! count read off the wire (kafka-protocol-rs PRs #152/#161/#200, unmerged in
+//! 0.18). A few bytes claiming two billion elements make it reserve tens of
+//! gigabytes; when the allocator refuses, the process aborts — no panic to
+//! catch. So before decoding, the edge walks the body with Apache Kafka's own
+//! message schemas (the JSON files in `services/edge/schemas/`, the same
+//! source the crate is generated from) and refuses any array whose count
+//! could not fit in the bytes that remain (every element has a minimum wire
+//! size). Decoding then allocates in proportion to bytes actually received.
+//!
+//! This is not a second codec: it reads nothing but lengths and counts, and
+//! only for the request types the edge serves.
+
+use std::collections::HashMap;
+use std::sync::LazyLock;
+
+use serde_json::Value;
+
+/// The request schemas the edge decodes, as shipped by Apache Kafka.
+const SOURCES: &[&str] = &[
+    include_str!("../schemas/ApiVersionsRequest.json"),
+    include_str!("../schemas/MetadataRequest.json"),
+    include_str!("../schemas/ProduceRequest.json"),
+    include_str!("../schemas/FetchRequest.json"),
+    include_str!("../schemas/ListOffsetsRequest.json"),
+    include_str!("../schemas/CreateTopicsRequest.json"),
+    include_str!("../schemas/DeleteTopicsRequest.json"),
+    include_str!("../schemas/DescribeConfigsRequest.json"),
+    include_str!("../schemas/DescribeClusterRequest.json"),
+    include_str!("../schemas/InitProducerIdRequest.json"),
+];
+
+/// An inclusive version range; `None` means "no version".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Versions(Option<(i16, i16)>);
+
+impl Versions {
+    fn parse(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if s == "none" {
+            return Ok(Versions(None));
+        }
+        if let Some(min) = s.strip_suffix('+') {
+            let min = min.parse().map_err(|_| format!("bad versions {s:?}"))?;
+            return Ok(Versions(Some((min, i16::MAX))));
+        }
+        if let Some((a, b)) = s.split_once('-') {
+            let a = a.parse().map_err(|_| format!("bad versions {s:?}"))?;
+            let b = b.parse().map_err(|_| format!("bad versions {s:?}"))?;
+            return Ok(Versions(Some((a, b))));
+        }
+        let v = s.parse().map_err(|_| format!("bad versions {s:?}"))?;
+        Ok(Versions(Some((v, v))))
+    }
+
+    fn contains(&self, v: i16) -> bool {
+        self.0.is_some_and(|(a, b)| a <= v && v <= b)
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Kind {
+    Fixed(usize),
+    String,
+    Bytes,
+    Array(Box<Kind>),
+    Struct(Vec<Field>),
+}
+
+#[derive(Debug, Clone)]
+struct Field {
+    name: String,
+    kind: Kind,
+    versions: Versions,
+    tagged: Versions,
+}
+
+#[derive(Debug, Clone)]
+struct Schema {
+    name: String,
+    valid: Versions,
+    flexible: Versions,
+    fields: Vec<Field>,
+}
+
+fn primitive(t: &str) -> Option<Kind> {
+    Some(match t {
+        "bool" | "int8" => Kind::Fixed(1),
+        "int16" | "uint16" => Kind::Fixed(2),
+        "int32" | "uint32" => Kind::Fixed(4),
+        "int64" | "float64" => Kind::Fixed(8),
+        "uuid" => Kind::Fixed(16),
+        "string" => Kind::String,
+        "bytes" | "records" => Kind::Bytes,
+        _ => return None,
+    })
+}
+
+fn str_of<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
+    v.get(key).and_then(Value::as_str)
+}
+
+fn parse_fields(v: &Value) -> Result<Vec<Field>, String> {
+    let Some(list) = v.get("fields").and_then(Value::as_array) else {
+        return Ok(Vec::new());
+    };
+    list.iter().map(parse_field).collect()
+}
+
+fn parse_field(v: &Value) -> Result<Field, String> {
+    let name = str_of(v, "name").ok_or("field without a name")?.to_string();
+    let t = str_of(v, "type").ok_or_else(|| format!("field {name} without a type"))?;
+    let kind = if let Some(elem) = t.strip_prefix("[]") {
+        match primitive(elem) {
+            Some(k) => Kind::Array(Box::new(k)),
+            None => Kind::Array(Box::new(Kind::Struct(parse_fields(v)?))),
+        }
+    } else {
+        match primitive(t) {
+            Some(k) => k,
+            None => Kind::Struct(parse_fields(v)?),
+        }
+    };
+    let versions = Versions::parse(str_of(v, "versions").unwrap_or("none"))?;
+    let tagged = Versions::parse(str_of(v, "taggedVersions").unwrap_or("none"))?;
+    Ok(Field {
+        name,
+        kind,
+        versions,
+        tagged,
+    })
+}
+
+/// Drops the `//` comment lines Kafka's schema files carry.
+fn strip_comments(src: &str) -> String {
+    src.lines()
+        .filter(|l| !l.trim_start().starts_with("//"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn parse_schema(src: &str) -> Result<(i16, Schema), String> {
+    let v: Value = serde_json::from_str(&strip_comments(src)).map_err(|e| e.to_string())?;
+    let name = str_of(&v, "name").ok_or("schema without a name")?.to_string();
+    let api_key = v
+        .get("apiKey")
+        .and_then(Value::as_i64)
+        .ok_or_else(|| format!("{name}: no apiKey"))? as i16;
+    Ok((
+        api_key,
+        Schema {
+            valid: Versions::parse(str_of(&v, "validVersions").unwrap_or("none"))?,
+            flexible: Versions::parse(str_of(&v, "flexibleVersions").unwrap_or("none"))?,
+            fields: parse_fields(&v)?,
+            name,
+        },
+    ))
+}
+
+static SCHEMAS: LazyLock<Result<HashMap<i16, Schema>, String>> =
+    LazyLock::new(|| SOURCES.iter().map(|s| parse_schema(s)).collect());
+
+/// Checks the body of a request of `api_key` at `version`: every length and
+/// count must fit in what remains. Request types without a schema here are
+/// refused (the edge does not decode them).
+pub fn check(api_key: i16, version: i16, body: &[u8]) -> Result<(), String> {
+    let schemas = SCHEMAS
+        .as_ref()
+        .map_err(|e| format!("request schemas unavailable: {e}"))?;
+    let schema = schemas
+        .get(&api_key)
+        .ok_or_else(|| format!("no schema for API key {api_key}"))?;
+    if !schema.valid.contains(version) {
+        return Err(format!("{} has no version {version}", schema.name));
+    }
+    let mut walker = Walker {
+        buf: body,
+        version,
+        flexible: schema.flexible.contains(version),
+    };
+    walker
+        .fields(&schema.fields)
+        .map_err(|e| format!("{}: {e}", schema.name))
+}
+
+struct Walker<'a> {
+    buf: &'a [u8],
+    version: i16,
+    flexible: bool,
+}
+
+impl Walker<'_> {
+    fn take(&mut self, n: usize) -> Result<(), String> {
+        if n > self.buf.len() {
+            return Err(format!(
+                "needs {n} bytes, {} remain in the frame",
+                self.buf.len()
+            ));
+        }
+        self.buf = &self.buf[n..];
+        Ok(())
+    }
+
+    fn fixed<const N: usize>(&mut self) -> Result<[u8; N], String> {
+        let (head, rest) = self
+            .buf
+            .split_first_chunk::<N>()
+            .ok_or_else(|| "truncated".to_string())?;
+        self.buf = rest;
+        Ok(*head)
+    }
+
+    fn uvarint(&mut self) -> Result<u32, String> {
+        let mut value: u32 = 0;
+        for i in 0..5 {
+            let [b] = self.fixed::<1>()?;
+            value |= ((b & 0x7f) as u32) << (7 * i);
+            if b & 0x80 == 0 {
+                return Ok(value);
+            }
+        }
+        Err("varint longer than 5 bytes".into())
+    }
+
+    /// A length or count: `None` for null.
+    fn length(&mut self, wide: bool) -> Result<Option<usize>, String> {
+        let n: i64 = if self.flexible {
+            self.uvarint()? as i64 - 1
+        } else if wide {
+            i32::from_be_bytes(self.fixed::<4>()?) as i64
+        } else {
+            i16::from_be_bytes(self.fixed::<2>()?) as i64
+        };
+        match n {
+            -1 => Ok(None),
+            n if n < 0 => Err(format!("negative length {n}")),
+            n => Ok(Some(n as usize)),
+        }
+    }
+
+    fn fields(&mut self, fields: &[Field]) -> Result<(), String> {
+        for f in fields {
+            if !f.versions.contains(self.version)
+                || (self.flexible && f.tagged.contains(self.version))
+            {
+                continue;
+            }
+            self.kind(&f.kind).map_err(|e| format!("{}: {e}", f.name))?;
+        }
+        if self.flexible {
+            // Tagged fields: skipped by their size (none of the request
+            // types checked here has an array inside a tagged field).
+            let count = self.uvarint()? as usize;
+            if count.saturating_mul(2) > self.buf.len() {
+                return Err(format!(
+                    "{count} tagged fields cannot fit in {} bytes",
+                    self.buf.len()
+                ));
+            }
+            for _ in 0..count {
+                self.uvarint()?;
+                let size = self.uvarint()? as usize;
+                self.take(size)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn kind(&mut self, kind: &Kind) -> Result<(), String> {
+        match kind {
+            Kind::Fixed(n) => self.take(*n),
+            Kind::String => match self.length(false)? {
+                Some(n) => self.take(n),
+                None => Ok(()),
+            },
+            Kind::Bytes => match self.length(true)? {
+                Some(n) => self.take(n),
+                None => Ok(()),
+            },
+            Kind::Array(elem) => {
+                let Some(n) = self.length(true)? else {
+                    return Ok(());
+                };
+                let min = min_size(elem, self.version, self.flexible).max(1);
+                if n.saturating_mul(min) > self.buf.len() {
+                    return Err(format!(
+                        "array of {n} elements cannot fit in the {} bytes left",
+                        self.buf.len()
+                    ));
+                }
+                for _ in 0..n {
+                    self.kind(elem)?;
+                }
+                Ok(())
+            }
+            Kind::Struct(fields) => self.fields(fields),
+        }
+    }
+}
+
+/// The fewest bytes an encoded value of `kind` takes.
+fn min_size(kind: &Kind, version: i16, flexible: bool) -> usize {
+    match kind {
+        Kind::Fixed(n) => *n,
+        Kind::String => {
+            if flexible {
+                1
+            } else {
+                2
+            }
+        }
+        Kind::Bytes | Kind::Array(_) => {
+            if flexible {
+                1
+            } else {
+                4
+            }
+        }
+        Kind::Struct(fields) => {
+            let own: usize = fields
+                .iter()
+                .filter(|f| {
+                    f.versions.contains(version) && !(flexible && f.tagged.contains(version))
+                })
+                .map(|f| min_size(&f.kind, version, flexible))
+                .sum();
+            own + usize::from(flexible)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use bytes::BytesMut;
+    use kafka_protocol::messages::*;
+    use kafka_protocol::protocol::{Encodable, StrBytes};
+
+    fn schemas() -> &'static HashMap<i16, Schema> {
+        SCHEMAS.as_ref().expect("schemas parse")
+    }
+
+    #[test]
+    fn every_schema_parses() {
+        let s = schemas();
+        for key in [0, 1, 2, 3, 18, 19, 20, 22, 32, 60] {
+            assert!(s.contains_key(&key), "API key {key}");
+        }
+    }
+
+    /// The walker skips tagged fields by size; that is only safe while no
+    /// tagged field holds an array.
+    #[test]
+    fn no_tagged_field_holds_an_array() {
+        fn visit(fields: &[Field]) {
+            for f in fields {
+                let has_array = matches!(f.kind, Kind::Array(_));
+                assert!(
+                    !(f.tagged.0.is_some() && has_array),
+                    "tagged array field {}",
+                    f.name
+                );
+                if let Kind::Struct(inner) = &f.kind {
+                    visit(inner)
+                }
+                if let Kind::Array(inner) = &f.kind
+                    && let Kind::Struct(inner) = &**inner
+                {
+                    visit(inner)
+                }
+            }
+        }
+        for s in schemas().values() {
+            visit(&s.fields);
+        }
+    }
+
+    fn encoded<T: Encodable>(msg: &T, version: i16) -> BytesMut {
+        let mut buf = BytesMut::new();
+        msg.encode(&mut buf, version).unwrap();
+        buf
+    }
+
+    #[test]
+    fn accepts_what_the_crate_encodes() {
+        let topic = MetadataRequestTopic::default()
+            .with_name(Some(TopicName(StrBytes::from_static_str("orders"))));
+        let md = MetadataRequest::default().with_topics(Some(vec![topic]));
+        for v in 0..=12 {
+            check(3, v, &encoded(&md, v)).unwrap_or_else(|e| panic!("v{v}: {e}"));
+        }
+        let part = fetch_request::FetchPartition::default()
+            .with_partition(3)
+            .with_fetch_offset(42)
+            .with_partition_max_bytes(1 << 20);
+        let fetch = FetchRequest::default()
+            .with_max_wait_ms(500)
+            .with_topics(vec![
+                FetchTopic::default()
+                    .with_topic(TopicName(StrBytes::from_static_str("t")))
+                    .with_partitions(vec![part]),
+            ]);
+        for v in 4..=17 {
+            check(1, v, &encoded(&fetch, v)).unwrap_or_else(|e| panic!("v{v}: {e}"));
+        }
+        let produce = ProduceRequest::default().with_acks(-1).with_topic_data(vec![
+            TopicProduceData::default()
+                .with_name(TopicName(StrBytes::from_static_str("t")))
+                .with_partition_data(vec![
+                    PartitionProduceData::default()
+                        .with_index(0)
+                        .with_records(Some(bytes::Bytes::from_static(b"abc"))),
+                ]),
+        ]);
+        for v in 3..=11 {
+            check(0, v, &encoded(&produce, v)).unwrap_or_else(|e| panic!("v{v}: {e}"));
+        }
+    }
+
+    #[test]
+    fn refuses_impossible_counts() {
+        // Metadata v1: topics array claiming i32::MAX entries.
+        let body = [0x7f, 0xff, 0xff, 0xff, 0, 1];
+        assert!(check(3, 1, &body).is_err());
+        // Metadata v9 (flexible): compact array claiming 2^28 entries.
+        let body = [0x80, 0x80, 0x80, 0x80, 0x01, 0, 0, 0];
+        assert!(check(3, 9, &body).is_err());
+        // Truncated.
+        assert!(check(3, 1, &[0, 0]).is_err());
+        // Unknown API key.
+        assert!(check(11, 0, &[]).is_err());
+    }
+}
