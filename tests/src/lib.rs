@@ -14,6 +14,13 @@
 //!
 //! Waits are bounded polls of user-visible state; no test asserts how long
 //! something took.
+//!
+//! Running them: `cargo test -p runnel-e2e`. They need `etcd` on PATH and
+//! kafka-python (the partitioner oracle); `tests/setup.sh` installs both and
+//! a test panics with that advice when one is missing. The process tests
+//! find or build the `runnel` binary themselves ([`runnel_binary`]; set
+//! `RUNNEL_BIN` to pick one). A failing process test prints the tail of every
+//! role's log.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 

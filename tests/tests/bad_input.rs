@@ -862,3 +862,108 @@ async fn malformed_requests_do_not_hurt_the_servers() {
     assert_still_serves(&cluster, topic).await;
     cluster.shutdown().await;
 }
+
+/// The gRPC status of a raw HTTP/2 request whose body is `body`: from the
+/// headers of a trailers-only answer, or from the trailers.
+async fn raw_h2_status(address: &str, path: &str, body: Bytes) -> Result<(i32, String), String> {
+    use tonic::codegen::http;
+    let tcp = tokio::net::TcpStream::connect(address)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (client, connection) = h2::client::handshake(tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(connection);
+    let mut client = client.ready().await.map_err(|e| e.to_string())?;
+    let request = http::Request::builder()
+        .method("POST")
+        .uri(format!("http://{address}{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    let (response, mut send) = client
+        .send_request(request, false)
+        .map_err(|e| e.to_string())?;
+    send.send_data(body, true).map_err(|e| e.to_string())?;
+    let response = tokio::time::timeout(Duration::from_secs(10), response)
+        .await
+        .map_err(|_| "no answer in 10 s".to_string())?
+        .map_err(|e| e.to_string())?;
+    let status_of = |headers: &http::HeaderMap| {
+        headers.get("grpc-status").map(|s| {
+            let code = s.to_str().unwrap_or("").parse().unwrap_or(-1);
+            let message = headers
+                .get("grpc-message")
+                .map(|m| m.to_str().unwrap_or("").to_string())
+                .unwrap_or_default();
+            (code, message)
+        })
+    };
+    if let Some(status) = status_of(response.headers()) {
+        return Ok(status);
+    }
+    let mut body = response.into_body();
+    while let Some(chunk) = body.data().await {
+        chunk.map_err(|e| e.to_string())?;
+    }
+    let trailers = body
+        .trailers()
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or("no trailers")?;
+    status_of(&trailers).ok_or_else(|| "no grpc-status".to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_length_that_lies_is_refused_without_waiting_for_it() {
+    let topic = "t";
+    let cluster = cluster_with_topic(NewTopic::new(topic, 2)).await;
+    let leaders = partition_leaders(&cluster.coordinator, topic)
+        .await
+        .unwrap();
+    let targets = [
+        (
+            cluster.ingest.clone(),
+            "/runnel.ingest.v1.IngestService/Produce",
+        ),
+        (
+            leaders[&0].1.clone(),
+            "/runnel.storage.v1.StorageService/Append",
+        ),
+    ];
+    for (address, path) in &targets {
+        // gRPC framing: not compressed, then the length (big endian). The
+        // declared length is far beyond runnel_rpc::MAX_MESSAGE_BYTES; only
+        // a few bytes follow.
+        for declared in [runnel_rpc::MAX_MESSAGE_BYTES as u32 + 1, u32::MAX] {
+            let mut frame = BytesMut::new();
+            frame.put_u8(0);
+            frame.put_u32(declared);
+            frame.put_slice(b"only a few bytes");
+            let (code, message) = raw_h2_status(address, path, frame.freeze())
+                .await
+                .unwrap_or_else(|e| {
+                    panic!("{path} with a message of {declared} bytes declared: {e}")
+                });
+            assert!(
+                code == Code::OutOfRange as i32 || code == Code::ResourceExhausted as i32,
+                "{path} with {declared} bytes declared: status {code} {message:?}"
+            );
+        }
+        // A frame cut short (declares 100 bytes, has 10): the request ends
+        // before the message does.
+        let mut frame = BytesMut::new();
+        frame.put_u8(0);
+        frame.put_u32(100);
+        frame.put_slice(&[0u8; 10]);
+        let (code, message) = raw_h2_status(address, path, frame.freeze()).await.unwrap();
+        assert_ne!(
+            code,
+            Code::Ok as i32,
+            "{path}: a truncated message is an error: {message:?}"
+        );
+    }
+    assert_still_serves(&cluster, topic).await;
+    cluster.shutdown().await;
+}

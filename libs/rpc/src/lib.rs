@@ -68,7 +68,12 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), RpcError> {
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // With our own listener tonic does not apply the builder's TCP options,
+    // so set them here: without TCP_NODELAY small responses wait for the
+    // peer's delayed ACK (a 40 ms tail).
+    let incoming = tonic::transport::server::TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(Duration::from_secs(60)));
     router
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await

@@ -122,6 +122,8 @@ impl ChildProcess {
                 command.env_remove(name);
             }
         }
+        // Plain text in the log files.
+        command.env("NO_COLOR", "1");
         if std::env::var_os("RUST_LOG").is_none() {
             command.env("RUST_LOG", "info,h2=warn,hyper=warn,tower=warn");
         }

@@ -47,6 +47,7 @@ async fn main() -> anyhow::Result<()> {
         data_dir: std::env::var_os("RUNNEL_EDGE_DATA_DIR").map(Into::into),
         auto_create_topics: env("RUNNEL_EDGE_AUTO_CREATE", false)?,
         default_partitions: env("RUNNEL_EDGE_PARTITIONS", 1)?,
+        edge: Default::default(),
     };
     let cluster = common::Cluster::start(options).await?;
     println!("READY {}", cluster.kafka());

@@ -337,6 +337,9 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
     use bytes::BytesMut;
+    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+    use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
     use kafka_protocol::messages::*;
     use kafka_protocol::protocol::{Encodable, StrBytes};
 
@@ -393,7 +396,7 @@ mod tests {
         for v in 0..=12 {
             check(3, v, &encoded(&md, v)).unwrap_or_else(|e| panic!("v{v}: {e}"));
         }
-        let part = fetch_request::FetchPartition::default()
+        let part = FetchPartition::default()
             .with_partition(3)
             .with_fetch_offset(42)
             .with_partition_max_bytes(1 << 20);

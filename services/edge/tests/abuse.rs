@@ -181,7 +181,7 @@ async fn connection_limit_and_idle_connections() {
     let options = Options {
         edge: runnel_edge::EdgeConfig {
             max_connections: 20,
-            connections_max_idle_ms: 1_000,
+            connections_max_idle_ms: 3_000,
             ..Default::default()
         },
         ..Default::default()
