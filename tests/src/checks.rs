@@ -185,6 +185,9 @@ pub struct ServedBatch {
     pub base_offset: i64,
     pub last_offset: i64,
     pub records: i32,
+    /// The codec bits of the batch attributes (0 none, 1 gzip, 2 snappy,
+    /// 3 lz4, 4 zstd).
+    pub compression: i16,
 }
 
 /// Reads a partition's raw bytes from its leader, from the log start to the
@@ -282,6 +285,7 @@ pub async fn scan_partition(
                 base_offset: header.base_offset,
                 last_offset: header.last_offset(),
                 records: header.records_count,
+                compression: header.compression(),
             });
         }
         offset = batches.last().map(|b| b.last_offset + 1).unwrap_or(offset);

@@ -5,7 +5,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::process::{Command, Stdio};
 
@@ -14,7 +14,8 @@ use runnel_client::{
     ClientError, ConsumedRecord, NewTopic, Producer, Record, RecordMetadata, StartOffset,
 };
 use runnel_e2e::{
-    InProcessCluster, SOON, consume_all, drain, eventually, ingest_client, wait_topic_ready,
+    InProcessCluster, SOON, consume_all, drain, eventually, ingest_client, partition_leaders,
+    scan_partition, wait_topic_ready,
 };
 use runnel_proto::common::v1::ErrorCode;
 use runnel_proto::ingest::v1 as ingest_pb;
@@ -72,15 +73,25 @@ fn seq(r: &ConsumedRecord) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hundred_thousand_keyed_records_round_trip() {
-    let cluster = InProcessCluster::start(1).await;
+    let cluster = InProcessCluster::start(2).await;
     let topic = "orders";
     let admin = cluster.admin();
+    // Small segments, so reads, offset and time lookups cross segments.
     let info = admin
-        .create_topic(NewTopic::new(topic, PARTITIONS))
+        .create_topic(NewTopic::new(topic, PARTITIONS).config("segment.bytes", "262144"))
         .await
         .unwrap();
     assert_eq!(info.partition_count, PARTITIONS);
     wait_topic_ready(&cluster.coordinator, Some(&cluster.ingest), topic).await;
+    let leaders = partition_leaders(&cluster.coordinator, topic)
+        .await
+        .unwrap();
+    let nodes: BTreeSet<i32> = leaders.values().map(|(n, _)| *n).collect();
+    assert_eq!(
+        nodes.len(),
+        2,
+        "partitions spread over both storage nodes: {leaders:?}"
+    );
 
     // Produce everything, then collect the acks in produce order.
     let producer = cluster.producer();
@@ -262,6 +273,62 @@ async fn hundred_thousand_keyed_records_round_trip() {
         "records after the time"
     );
 
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_compression_codec_round_trips_and_stays_compressed() {
+    let cluster = InProcessCluster::start(1).await;
+    let codecs = [
+        (Compression::None, 0),
+        (Compression::Gzip, 1),
+        (Compression::Snappy, 2),
+        (Compression::Lz4, 3),
+        (Compression::Zstd, 4),
+    ];
+    for (codec, bits) in codecs {
+        let topic = format!("codec-{bits}");
+        cluster
+            .admin()
+            .create_topic(NewTopic::new(topic.as_str(), 2))
+            .await
+            .unwrap();
+        wait_topic_ready(&cluster.coordinator, Some(&cluster.ingest), &topic).await;
+        let mut config = cluster.producer_config();
+        config.compression = codec;
+        let producer = Producer::new(config).unwrap();
+        let mut deliveries = Vec::new();
+        for i in 0..3000 {
+            deliveries.push(producer.send(&topic, record(i)).await.unwrap());
+        }
+        let mut acks = Vec::new();
+        for d in deliveries {
+            acks.push(d.await.unwrap());
+        }
+        let consumed = consume_all(&cluster.coordinator, &topic).await;
+        let mut count = 0;
+        for records in consumed.values() {
+            for r in records {
+                let i = seq(r);
+                assert_eq!((r.partition, r.offset), (acks[i].partition, acks[i].offset));
+                assert_eq!(
+                    (&r.key, &r.value, &r.headers),
+                    (&Some(key(i)), &Some(value(i)), &headers(i)),
+                    "{codec:?}: record {i}"
+                );
+                count += 1;
+            }
+        }
+        assert_eq!(count, 3000, "{codec:?}");
+        // The stored batches are the producer's, still compressed.
+        for p in 0..2 {
+            let (batches, _) = scan_partition(&cluster.coordinator, &topic, p).await;
+            assert!(!batches.is_empty());
+            for b in batches {
+                assert_eq!(b.compression, bits, "{codec:?}: batch at {}", b.base_offset);
+            }
+        }
+    }
     cluster.shutdown().await;
 }
 

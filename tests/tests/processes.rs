@@ -115,8 +115,9 @@ async fn acked_records_survive_kill_9_and_a_corrupt_tail() {
     let coordinator = cluster.coordinator().to_string();
     let ingest = cluster.ingest().to_string();
     let admin = Admin::connect(&coordinator).unwrap();
+    // Small segments: recovery deals with sealed segments and a tail.
     admin
-        .create_topic(NewTopic::new(TOPIC, PARTITIONS))
+        .create_topic(NewTopic::new(TOPIC, PARTITIONS).config("segment.bytes", "32768"))
         .await
         .unwrap();
     wait_topic_ready(&coordinator, Some(&ingest), TOPIC).await;
@@ -291,12 +292,35 @@ async fn acked_records_survive_kill_9_and_a_corrupt_tail() {
         after, consumed,
         "recovery serves exactly the records from before, nothing more"
     );
+    let mut consumer =
+        runnel_client::Consumer::new(runnel_client::ConsumerConfig::new(&coordinator)).unwrap();
     for p in 0..PARTITIONS {
         let (_, end) = scan_partition(&coordinator, TOPIC, p).await;
         assert_eq!(
             end, before[&p],
             "partition {p}: the junk is not part of the log"
         );
+        // The rebuilt indexes answer time queries as before the crash.
+        let records = &after[&p];
+        for probe in [
+            &records[0],
+            &records[records.len() / 2],
+            records.last().unwrap(),
+        ] {
+            let expected = records
+                .iter()
+                .find(|r| r.timestamp_ms >= probe.timestamp_ms)
+                .unwrap();
+            assert_eq!(
+                consumer
+                    .list_offset(TOPIC, p, probe.timestamp_ms)
+                    .await
+                    .unwrap(),
+                (expected.offset, expected.timestamp_ms),
+                "partition {p}: offset for time {}",
+                probe.timestamp_ms
+            );
+        }
     }
     // Appends continue right after the last good batch.
     let mut deliveries = Vec::new();
@@ -531,7 +555,7 @@ async fn list_services(address: &str, symbol: &str) -> (Vec<String>, usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_process_answers_health_reflection_and_metrics() {
-    let cluster = ProcessCluster::start(ProcessSpec::default()).await;
+    let mut cluster = ProcessCluster::start(ProcessSpec::default()).await;
     let coordinator = cluster.coordinator().to_string();
     let ingest = cluster.ingest().to_string();
 
@@ -635,5 +659,15 @@ async fn every_process_answers_health_reflection_and_metrics() {
             "{}: Prometheus text format",
             role.process.name()
         );
+    }
+
+    // SIGTERM: every role drains and exits successfully.
+    for role in cluster.roles_mut() {
+        let name = role.process.name().to_string();
+        let status = role
+            .process
+            .terminate(Duration::from_secs(20))
+            .unwrap_or_else(|| panic!("{name} did not stop on SIGTERM"));
+        assert!(status.success(), "{name} exited with {status} on SIGTERM");
     }
 }

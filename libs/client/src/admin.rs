@@ -104,6 +104,43 @@ impl Admin {
             .ok_or_else(|| ClientError::UnknownTopic(name.into()))
     }
 
+    /// Sets and removes topic configs; every value is validated first.
+    pub async fn alter_configs(
+        &self,
+        name: &str,
+        set: HashMap<String, String>,
+        remove: Vec<String>,
+    ) -> Result<pb::TopicInfo, ClientError> {
+        self.client
+            .clone()
+            .alter_topic_configs(pb::AlterTopicConfigsRequest {
+                name: name.into(),
+                set,
+                remove,
+                replace_all: false,
+                validate_only: false,
+            })
+            .await?
+            .into_inner()
+            .topic
+            .ok_or_else(|| ClientError::UnknownTopic(name.into()))
+    }
+
+    /// Grows a topic to `total` partitions.
+    pub async fn create_partitions(&self, name: &str, total: i32) -> Result<pb::TopicInfo, ClientError> {
+        self.client
+            .clone()
+            .create_partitions(pb::CreatePartitionsRequest {
+                name: name.into(),
+                total_count: total,
+                validate_only: false,
+            })
+            .await?
+            .into_inner()
+            .topic
+            .ok_or_else(|| ClientError::UnknownTopic(name.into()))
+    }
+
     /// Live nodes and the named topics (all when empty).
     pub async fn metadata(&self, topics: &[String]) -> Result<pb::GetMetadataResponse, ClientError> {
         Ok(self

@@ -3,7 +3,7 @@ use runnel_proto::common::v1::ErrorCode;
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ClientError {
     #[error("{}: {}", rpc_code(.0), .0.message())]
-    Rpc(#[from] tonic::Status),
+    Rpc(tonic::Status),
     #[error("{topic}-{partition}: {code:?}: {message}")]
     Partition {
         topic: String,
@@ -37,6 +37,14 @@ impl ClientError {
             ClientError::Partition { code, .. } => Some(*code),
             _ => None,
         }
+    }
+}
+
+impl From<tonic::Status> for ClientError {
+    // Not `#[from]`: that would make the status the error's source and print
+    // its message twice in error chains.
+    fn from(s: tonic::Status) -> Self {
+        ClientError::Rpc(s)
     }
 }
 

@@ -383,6 +383,149 @@ impl Controller {
     }
 }
 
+impl Controller {
+    /// Reads a topic record with its revision, for a compare-and-swap update.
+    async fn load_topic(&self, name: &str) -> Result<(TopicRecord, i64), CoordinatorError> {
+        let kv = self
+            .store
+            .get(&self.keys.topic(name))
+            .await?
+            .ok_or_else(|| CoordinatorError::TopicNotFound(name.to_string()))?;
+        let record: TopicRecord = serde_json::from_slice(&kv.value).map_err(|e| {
+            CoordinatorError::Meta(runnel_metastore::MetaError::Corrupt(format!(
+                "topic record {name}: {e}"
+            )))
+        })?;
+        Ok((record, kv.mod_revision))
+    }
+
+    async fn store_topic(&self, record: &TopicRecord, revision: i64) -> Result<(), CoordinatorError> {
+        let value = Bytes::from(serde_json::to_vec(record).unwrap_or_default());
+        match self
+            .store
+            .compare_and_swap(&self.keys.topic(&record.name), revision, value, None)
+            .await?
+        {
+            CasOutcome::Swapped(_) => Ok(()),
+            // Only the controller writes topics, under `topic_lock`; a
+            // conflict means the topic was deleted or recreated meanwhile.
+            CasOutcome::Conflict(_) => Err(CoordinatorError::TopicNotFound(record.name.clone())),
+        }
+    }
+
+    /// Sets and removes topic configs (or replaces them all). Every value is
+    /// validated first; nothing changes if one is bad.
+    pub async fn alter_configs(
+        &self,
+        name: &str,
+        set: BTreeMap<String, String>,
+        remove: Vec<String>,
+        replace_all: bool,
+        validate_only: bool,
+    ) -> Result<TopicRecord, CoordinatorError> {
+        topic_config::validate(&set)?;
+        for key in &remove {
+            if topic_config::default_of(key).is_none() {
+                return Err(topic_config::ConfigError::UnknownConfig(key.clone()).into());
+            }
+        }
+        if !self.is_active() {
+            return Err(CoordinatorError::NoController);
+        }
+        let _guard = self.topic_lock.lock().await;
+        let (mut record, revision) = self.load_topic(name).await?;
+        if replace_all {
+            record.configs = set;
+        } else {
+            record.configs.extend(set);
+            for key in &remove {
+                record.configs.remove(key);
+            }
+        }
+        if validate_only {
+            return Ok(record);
+        }
+        self.store_topic(&record, revision).await?;
+        tracing::info!(topic = %name, configs = ?record.configs, "topic configs changed");
+        let wanted = record.configs.clone();
+        self.watcher
+            .wait_until(Duration::from_secs(5), |md| {
+                md.topic(name).is_some_and(|t| t.record.configs == wanted)
+            })
+            .await;
+        Ok(record)
+    }
+
+    /// Grows a topic to `total` partitions, placing the new ones like a new
+    /// topic's.
+    pub async fn create_partitions(
+        &self,
+        name: &str,
+        total: i32,
+        validate_only: bool,
+    ) -> Result<(TopicRecord, BTreeMap<i32, PartitionRecord>), CoordinatorError> {
+        if !self.is_active() {
+            return Err(CoordinatorError::NoController);
+        }
+        let _guard = self.topic_lock.lock().await;
+        let (mut record, revision) = self.load_topic(name).await?;
+        if total <= record.partitions {
+            return Err(CoordinatorError::InvalidPartitions(
+                total,
+                format!(
+                    "topic {name:?} already has {} partitions; the count can only grow",
+                    record.partitions
+                ),
+            ));
+        }
+        if total > self.config.max_partitions_per_topic {
+            return Err(CoordinatorError::InvalidPartitions(
+                total,
+                format!(
+                    "more than the limit of {} per topic",
+                    self.config.max_partitions_per_topic
+                ),
+            ));
+        }
+        let md = self.watcher.current();
+        if md.nodes.is_empty() {
+            return Err(CoordinatorError::NoLiveNodes);
+        }
+        let added = total - record.partitions;
+        let rf = record.replication_factor.min(md.nodes.len() as i32);
+        let assignment = assign(&md, added, rf);
+        let mut partitions = md
+            .topic(name)
+            .map(|t| t.partitions.clone())
+            .unwrap_or_default();
+        for (i, replicas) in assignment.into_iter().enumerate() {
+            partitions.insert(record.partitions + i as i32, new_partition(replicas));
+        }
+        if validate_only {
+            record.partitions = total;
+            return Ok((record, partitions));
+        }
+        // Partition records first: until the topic's count moves, readers
+        // ignore partitions beyond it.
+        for p in record.partitions..total {
+            if let Some(state) = partitions.get(&p) {
+                self.put_partition(name, p, state).await?;
+            }
+        }
+        record.partitions = total;
+        self.store_topic(&record, revision).await?;
+        tracing::info!(topic = %name, partitions = total, "partitions added");
+        self.watcher
+            .wait_until(Duration::from_secs(5), |md| {
+                md.topic(name).is_some_and(|t| {
+                    t.record.partitions == total && t.partitions.len() as i32 >= total
+                })
+            })
+            .await;
+        Ok((record, partitions))
+    }
+}
+
 fn new_partition(replicas: Vec<i32>) -> PartitionRecord {
     PartitionRecord {
         leader: replicas.first().copied().unwrap_or(-1),

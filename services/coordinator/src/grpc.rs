@@ -230,6 +230,59 @@ impl CoordinatorService for CoordinatorGrpc {
         Ok(Response::new(metadata_response(&md, &req.topics)))
     }
 
+    async fn alter_topic_configs(
+        &self,
+        request: Request<pb::AlterTopicConfigsRequest>,
+    ) -> Result<Response<pb::AlterTopicConfigsResponse>, Status> {
+        let mut m = RequestMetrics::start("coordinator", "AlterTopicConfigs");
+        let req = request.into_inner();
+        if let Some((address, mut client)) = self.forward_target().map_err(|e| fail(&mut m, e))? {
+            return client.alter_topic_configs(req).await.map_err(|status| {
+                fail(&mut m, CoordinatorError::Forward { address, status })
+            });
+        }
+        let record = self
+            .controller
+            .alter_configs(
+                &req.name,
+                req.set.into_iter().collect(),
+                req.remove,
+                req.replace_all,
+                req.validate_only,
+            )
+            .await
+            .map_err(|e| fail(&mut m, e))?;
+        let md = self.controller.watcher.current();
+        let partitions = md
+            .topic(&req.name)
+            .map(|t| t.partitions.clone())
+            .unwrap_or_default();
+        Ok(Response::new(pb::AlterTopicConfigsResponse {
+            topic: Some(topic_info(&record, &partitions)),
+        }))
+    }
+
+    async fn create_partitions(
+        &self,
+        request: Request<pb::CreatePartitionsRequest>,
+    ) -> Result<Response<pb::CreatePartitionsResponse>, Status> {
+        let mut m = RequestMetrics::start("coordinator", "CreatePartitions");
+        let req = request.into_inner();
+        if let Some((address, mut client)) = self.forward_target().map_err(|e| fail(&mut m, e))? {
+            return client.create_partitions(req).await.map_err(|status| {
+                fail(&mut m, CoordinatorError::Forward { address, status })
+            });
+        }
+        let (record, partitions) = self
+            .controller
+            .create_partitions(&req.name, req.total_count, req.validate_only)
+            .await
+            .map_err(|e| fail(&mut m, e))?;
+        Ok(Response::new(pb::CreatePartitionsResponse {
+            topic: Some(topic_info(&record, &partitions)),
+        }))
+    }
+
     async fn get_controller(
         &self,
         _request: Request<pb::GetControllerRequest>,

@@ -181,6 +181,21 @@ enum TopicCommand {
         #[command(flatten)]
         endpoints: Endpoints,
     },
+    /// Change configs (set or remove keys) and grow the partition count.
+    Alter {
+        name: String,
+        /// Set a config, key=value (repeatable).
+        #[arg(long = "config", value_parser = parse_kv)]
+        configs: Vec<(String, String)>,
+        /// Remove a config back to its default (repeatable).
+        #[arg(long = "delete-config")]
+        delete_configs: Vec<String>,
+        /// New total partition count (can only grow).
+        #[arg(long)]
+        partitions: Option<i32>,
+        #[command(flatten)]
+        endpoints: Endpoints,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -407,6 +422,30 @@ async fn topic(cmd: TopicCommand) -> anyhow::Result<()> {
         }
         TopicCommand::Describe { name, endpoints } => {
             print_topic(&Admin::connect(&endpoints.coordinator)?.describe_topic(&name).await?);
+        }
+        TopicCommand::Alter {
+            name,
+            configs,
+            delete_configs,
+            partitions,
+            endpoints,
+        } => {
+            let admin = Admin::connect(&endpoints.coordinator)?;
+            let mut info = None;
+            if !configs.is_empty() || !delete_configs.is_empty() {
+                info = Some(
+                    admin
+                        .alter_configs(&name, configs.into_iter().collect(), delete_configs)
+                        .await?,
+                );
+            }
+            if let Some(total) = partitions {
+                info = Some(admin.create_partitions(&name, total).await?);
+            }
+            match info {
+                Some(info) => print_topic(&info),
+                None => anyhow::bail!("nothing to change: give --config, --delete-config or --partitions"),
+            }
         }
         TopicCommand::Delete { name, endpoints } => {
             Admin::connect(&endpoints.coordinator)?.delete_topic(&name).await?;
