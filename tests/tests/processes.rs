@@ -208,6 +208,20 @@ async fn acked_records_survive_kill_9_and_a_corrupt_tail() {
         }
     })
     .await;
+    // Once more, mid-run, without waiting for the controller to notice: the
+    // node comes back before its lease runs out and keeps leading.
+    cluster.storage_node(victim).kill_9();
+    cluster.storage_node(victim).restart().await;
+    let quick_restart_at = counter.load(Ordering::SeqCst);
+    eventually("records flowing after the quick restart", SOON, || async {
+        let n = counter.load(Ordering::SeqCst);
+        if n >= quick_restart_at + 2000 {
+            Ok(())
+        } else {
+            Err(format!("{} sent since", n - quick_restart_at))
+        }
+    })
+    .await;
     stop.store(true, Ordering::SeqCst);
     let outcomes = task.await.unwrap();
 
@@ -233,6 +247,12 @@ async fn acked_records_survive_kill_9_and_a_corrupt_tail() {
                 .iter()
                 .any(|(i, m)| m.partition == p && *i >= restarted_at),
             "appends to partition {p} continue after the restart"
+        );
+        assert!(
+            acked
+                .iter()
+                .any(|(i, m)| m.partition == p && *i >= quick_restart_at),
+            "appends to partition {p} continue after the quick restart"
         );
     }
     let consumed = check_acked_present(&coordinator, TOPIC, &acked).await;
@@ -670,4 +690,104 @@ async fn every_process_answers_health_reflection_and_metrics() {
             .unwrap_or_else(|| panic!("{name} did not stop on SIGTERM"));
         assert!(status.success(), "{name} exited with {status} on SIGTERM");
     }
+}
+
+/// Names of the partition directories of `topic` under a data directory.
+fn partition_dirs(data_dir: &Path, topic: &str) -> Vec<String> {
+    std::fs::read_dir(data_dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| {
+                    n.starts_with(&format!("{topic}-")) || n.starts_with(&format!("{topic}."))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A topic deleted while a storage node is down must not keep its data on
+/// that node forever: the node, back in the same cluster, removes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_deleted_while_a_storage_node_is_down_is_removed_when_it_returns() {
+    let mut cluster = ProcessCluster::start(ProcessSpec {
+        coordinators: 1,
+        storage_nodes: 1,
+        ingest: true,
+        lease_ttl_secs: 3,
+    })
+    .await;
+    let coordinator = cluster.coordinator().to_string();
+    let ingest = cluster.ingest().to_string();
+    let admin = Admin::connect(&coordinator).unwrap();
+    admin
+        .create_topic(NewTopic::new("ephemeral", 2))
+        .await
+        .unwrap();
+    wait_topic_ready(&coordinator, Some(&ingest), "ephemeral").await;
+    let producer =
+        Producer::new(runnel_client::ProducerConfig::new(&ingest, &coordinator)).unwrap();
+    for i in 0..10 {
+        let record = Record {
+            value: Some(value_of(i)),
+            partition: Some((i % 2) as i32),
+            ..Default::default()
+        };
+        producer
+            .send("ephemeral", record)
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let node = cluster.storage_node(1);
+    let data_dir = node.data_dir.clone().unwrap();
+    let address = node.address.clone();
+    assert_eq!(partition_dirs(&data_dir, "ephemeral").len(), 2);
+
+    node.kill_9();
+    admin.delete_topic("ephemeral").await.unwrap();
+    cluster.storage_node(1).restart().await;
+    cluster.wait_ready(&coordinator).await;
+
+    // The returning node does not serve the deleted topic…
+    let fetch = runnel_e2e::storage_client(&address)
+        .fetch(runnel_proto::storage::v1::FetchRequest {
+            partitions: vec![runnel_proto::storage::v1::PartitionFetch {
+                topic: "ephemeral".into(),
+                partition: 0,
+                offset: 0,
+                max_bytes: 1024,
+            }],
+            max_wait_ms: 0,
+            min_bytes: 1,
+            max_bytes: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        fetch.results[0].error,
+        runnel_proto::common::v1::ErrorCode::UnknownTopicOrPartition as i32,
+        "{:?}",
+        fetch.results[0]
+    );
+    // …and gives its disk space back.
+    eventually(
+        "the deleted topic's data removed from the returning node",
+        SOON,
+        || {
+            let dirs = partition_dirs(&data_dir, "ephemeral");
+            let shown = data_dir.display().to_string();
+            async move {
+                if dirs.is_empty() {
+                    Ok(())
+                } else {
+                    Err(format!("still in {shown}: {dirs:?}"))
+                }
+            }
+        },
+    )
+    .await;
 }

@@ -172,11 +172,10 @@ pub fn parse_request(frame: Bytes) -> Result<Parsed, ProtocolError> {
     ) -> Result<T, ProtocolError> {
         let value = T::decode(buf, version).map_err(|e| malformed(api, version, e))?;
         if buf.has_remaining() {
-            return Err(malformed(
-                api,
-                version,
-                format!("{} bytes after the request body", buf.remaining()),
-            ));
+            // Kafka brokers ignore bytes after a complete body, and some
+            // clients send them (librdkafka 2.x, Metadata v12 for all
+            // topics), so the edge ignores them too.
+            tracing::debug!(?api, version, extra = buf.remaining(), "bytes after the request body ignored");
         }
         Ok(value)
     }
@@ -303,11 +302,15 @@ mod tests {
     }
 
     #[test]
-    fn garbage_after_the_body_is_refused() {
-        // ApiVersions v0: header v1 (client id null), empty body, then junk.
+    fn garbage_instead_of_a_body_is_refused() {
+        // ApiVersions v0: header v1 (client id null), empty body.
         let ok = frame(18, 0, 1, &[0xff, 0xff]);
         assert!(matches!(parse_request(ok), Ok(Parsed::Request { .. })));
-        let junk = frame(18, 0, 1, &[0xff, 0xff, 1, 2, 3]);
+        // Bytes after a complete body are ignored, as Kafka does.
+        let trailing = frame(18, 0, 1, &[0xff, 0xff, 1, 2, 3]);
+        assert!(matches!(parse_request(trailing), Ok(Parsed::Request { .. })));
+        // Metadata v1 whose body is junk: a string length running past the end.
+        let junk = frame(3, 1, 1, &[0xff, 0xff, 0, 0, 0, 1, 0x7f, 0xff, 1]);
         assert!(matches!(
             parse_request(junk),
             Err(ProtocolError::Malformed { .. })

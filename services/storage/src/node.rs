@@ -142,16 +142,25 @@ impl StorageNode {
     }
 
     /// Opens logs for partitions assigned to this node and removes the data of
-    /// topics that were deleted (or deleted and recreated) while it watched.
-    /// Directories of topics it never saw are left alone and reported: a node
-    /// pointed at the wrong cluster must not wipe its disk.
+    /// deleted topics: those deleted (or recreated) while it watched, and —
+    /// once the data directory is known to belong to this cluster — those
+    /// deleted while it was down. A data directory with another cluster's
+    /// marker (or none, before the cluster has an id) is never cleaned: a
+    /// node pointed at the wrong cluster must not wipe its disk.
     pub async fn sync_assignments(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
         let mut changes = self.watcher.subscribe();
         let mut seen_topics: BTreeSet<(String, String)> = BTreeSet::new();
         let mut warned_stray = false;
+        let mut marker = ClusterMarker::new(&self.config.data_dir);
         loop {
             let md = changes.borrow_and_update().clone();
-            self.apply_assignments(&md, &mut seen_topics, &mut warned_stray)
+            let unknown_data = self
+                .logs
+                .list()
+                .iter()
+                .any(|(topic, id, _)| md.topic(topic).is_none_or(|t| &t.record.topic_id != id));
+            let ours = marker.belongs_to(md.cluster_id.as_deref(), unknown_data);
+            self.apply_assignments(&md, ours, &mut seen_topics, &mut warned_stray)
                 .await;
             tokio::select! {
                 changed = changes.changed() => if changed.is_err() { return },
@@ -163,6 +172,7 @@ impl StorageNode {
     async fn apply_assignments(
         &self,
         md: &ClusterMetadata,
+        ours: bool,
         seen_topics: &mut BTreeSet<(String, String)>,
         warned_stray: &mut bool,
     ) {
@@ -201,7 +211,8 @@ impl StorageNode {
             }
             let known = seen_topics.contains(&(meta.topic.clone(), meta.topic_id.clone()));
             let recreated = current.is_some_and(|t| t.record.topic_id != meta.topic_id);
-            if known || recreated {
+            let deleted_while_down = ours && current.is_none();
+            if known || recreated || deleted_while_down {
                 tracing::info!(topic = %meta.topic, partition = meta.partition, "removing deleted partition");
                 if let Err(e) = self.logs.remove(&meta.topic, meta.partition).await {
                     tracing::error!(topic = %meta.topic, partition = meta.partition, error = %e, "cannot remove partition data");
@@ -216,6 +227,85 @@ impl StorageNode {
                 count = stray,
                 "partition directories of topics this cluster does not know are left untouched"
             );
+        }
+    }
+}
+
+/// `cluster.json` in the data directory: which cluster the data belongs to.
+/// Written the first time the node sees its cluster's id; from then on a
+/// matching id means partitions missing from the metadata were deleted.
+#[derive(Debug)]
+struct ClusterMarker {
+    path: std::path::PathBuf,
+    recorded: Option<String>,
+    warned: bool,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct MarkerFile {
+    cluster_id: String,
+}
+
+impl ClusterMarker {
+    fn new(data_dir: &std::path::Path) -> Self {
+        let path = data_dir.join("cluster.json");
+        let recorded = std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<MarkerFile>(&b).ok())
+            .map(|m| m.cluster_id);
+        ClusterMarker {
+            path,
+            recorded,
+            warned: false,
+        }
+    }
+
+    /// True when the data directory belongs to the cluster with this id. A
+    /// directory without a marker is claimed only while it holds nothing
+    /// the cluster does not know (`unknown_data` false).
+    fn belongs_to(&mut self, cluster_id: Option<&str>, unknown_data: bool) -> bool {
+        let Some(id) = cluster_id else {
+            return false;
+        };
+        match &self.recorded {
+            Some(recorded) if recorded == id => true,
+            Some(recorded) => {
+                if !self.warned {
+                    self.warned = true;
+                    tracing::warn!(
+                        data_cluster = %recorded, cluster = %id,
+                        "the data directory belongs to another cluster; its partitions will not be cleaned up"
+                    );
+                }
+                false
+            }
+            None if unknown_data => {
+                if !self.warned {
+                    self.warned = true;
+                    tracing::warn!("the data directory has no cluster marker and holds partitions this cluster does not know; they will not be cleaned up");
+                }
+                false
+            }
+            None => {
+                let body = serde_json::to_vec(&MarkerFile {
+                    cluster_id: id.to_string(),
+                })
+                .unwrap_or_default();
+                let tmp = self.path.with_extension("json.tmp");
+                let written = std::fs::write(&tmp, body)
+                    .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
+                    .and_then(|()| std::fs::rename(&tmp, &self.path));
+                match written {
+                    Ok(()) => {
+                        self.recorded = Some(id.to_string());
+                        true
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, path = %self.path.display(), "cannot record the cluster id");
+                        false
+                    }
+                }
+            }
         }
     }
 }
