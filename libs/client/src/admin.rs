@@ -58,7 +58,11 @@ impl Admin {
         self.create(topic, true).await
     }
 
-    async fn create(&self, topic: NewTopic, validate_only: bool) -> Result<pb::TopicInfo, ClientError> {
+    async fn create(
+        &self,
+        topic: NewTopic,
+        validate_only: bool,
+    ) -> Result<pb::TopicInfo, ClientError> {
         let response = self
             .client
             .clone()
@@ -84,7 +88,10 @@ impl Admin {
         Ok(())
     }
 
-    pub async fn list_topics(&self, include_internal: bool) -> Result<Vec<pb::TopicInfo>, ClientError> {
+    pub async fn list_topics(
+        &self,
+        include_internal: bool,
+    ) -> Result<Vec<pb::TopicInfo>, ClientError> {
         Ok(self
             .client
             .clone()
@@ -127,7 +134,11 @@ impl Admin {
     }
 
     /// Grows a topic to `total` partitions.
-    pub async fn create_partitions(&self, name: &str, total: i32) -> Result<pb::TopicInfo, ClientError> {
+    pub async fn create_partitions(
+        &self,
+        name: &str,
+        total: i32,
+    ) -> Result<pb::TopicInfo, ClientError> {
         self.client
             .clone()
             .create_partitions(pb::CreatePartitionsRequest {
@@ -142,7 +153,10 @@ impl Admin {
     }
 
     /// Live nodes and the named topics (all when empty).
-    pub async fn metadata(&self, topics: &[String]) -> Result<pb::GetMetadataResponse, ClientError> {
+    pub async fn metadata(
+        &self,
+        topics: &[String],
+    ) -> Result<pb::GetMetadataResponse, ClientError> {
         Ok(self
             .client
             .clone()

@@ -151,9 +151,15 @@ impl Consumer {
     }
 
     /// Moves a partition's position.
-    pub async fn seek(&mut self, topic: &str, partition: i32, start: StartOffset) -> Result<i64, ClientError> {
+    pub async fn seek(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        start: StartOffset,
+    ) -> Result<i64, ClientError> {
         let offset = self.resolve(topic, partition, start).await?;
-        self.positions.insert((topic.to_string(), partition), offset);
+        self.positions
+            .insert((topic.to_string(), partition), offset);
         Ok(offset)
     }
 
@@ -164,21 +170,31 @@ impl Consumer {
 
     /// The high watermark seen by the last fetch of a partition.
     pub fn high_watermark(&self, topic: &str, partition: i32) -> Option<i64> {
-        self.high_watermarks.get(&(topic.to_string(), partition)).copied()
+        self.high_watermarks
+            .get(&(topic.to_string(), partition))
+            .copied()
     }
 
     /// Lists an offset: `timestamp` -1 latest, -2 earliest, -3 max timestamp,
     /// or a time in ms. Returns (offset, timestamp); offset -1 if none.
-    pub async fn list_offset(&mut self, topic: &str, partition: i32, timestamp: i64) -> Result<(i64, i64), ClientError> {
+    pub async fn list_offset(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        timestamp: i64,
+    ) -> Result<(i64, i64), ClientError> {
         let key = (topic.to_string(), partition);
         if !self.leaders.contains_key(&key) {
             self.refresh_leaders(&[topic.to_string()]).await?;
         }
-        let address = self
-            .leaders
-            .get(&key)
-            .cloned()
-            .ok_or_else(|| ClientError::partition(topic, partition, ErrorCode::LeaderNotAvailable as i32, "no leader".into()))?;
+        let address = self.leaders.get(&key).cloned().ok_or_else(|| {
+            ClientError::partition(
+                topic,
+                partition,
+                ErrorCode::LeaderNotAvailable as i32,
+                "no leader".into(),
+            )
+        })?;
         let response = self
             .storage(&address)?
             .list_offsets(st::ListOffsetsRequest {
@@ -197,12 +213,22 @@ impl Consumer {
             .ok_or_else(|| ClientError::Invalid("empty list-offsets answer".into()))?;
         if r.error != 0 {
             self.leaders.remove(&key);
-            return Err(ClientError::partition(topic, partition, r.error, r.error_message));
+            return Err(ClientError::partition(
+                topic,
+                partition,
+                r.error,
+                r.error_message,
+            ));
         }
         Ok((r.offset, r.timestamp))
     }
 
-    async fn resolve(&mut self, topic: &str, partition: i32, start: StartOffset) -> Result<i64, ClientError> {
+    async fn resolve(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        start: StartOffset,
+    ) -> Result<i64, ClientError> {
         Ok(match start {
             StartOffset::Offset(o) => o,
             StartOffset::Earliest => self.list_offset(topic, partition, -2).await?.0,
@@ -224,12 +250,15 @@ impl Consumer {
         let mut missing_leader = false;
         for ((topic, partition), &offset) in &self.positions {
             match self.leaders.get(&(topic.clone(), *partition)) {
-                Some(addr) => by_node.entry(addr.clone()).or_default().push(st::PartitionFetch {
-                    topic: topic.clone(),
-                    partition: *partition,
-                    offset,
-                    max_bytes: self.config.max_partition_bytes,
-                }),
+                Some(addr) => by_node
+                    .entry(addr.clone())
+                    .or_default()
+                    .push(st::PartitionFetch {
+                        topic: topic.clone(),
+                        partition: *partition,
+                        offset,
+                        max_bytes: self.config.max_partition_bytes,
+                    }),
                 None => missing_leader = true,
             }
         }
@@ -278,14 +307,26 @@ impl Consumer {
                                 self.positions.insert(key, o);
                                 continue;
                             }
-                            None => return Err(ClientError::partition(&r.topic, r.partition, r.error, r.error_message)),
+                            None => {
+                                return Err(ClientError::partition(
+                                    &r.topic,
+                                    r.partition,
+                                    r.error,
+                                    r.error_message,
+                                ));
+                            }
                         }
                     }
                     let retriable = r.error == ErrorCode::NotLeaderOrFollower as i32
                         || r.error == ErrorCode::LeaderNotAvailable as i32
                         || r.error == ErrorCode::UnknownTopicOrPartition as i32;
                     if !retriable {
-                        return Err(ClientError::partition(&r.topic, r.partition, r.error, r.error_message));
+                        return Err(ClientError::partition(
+                            &r.topic,
+                            r.partition,
+                            r.error,
+                            r.error_message,
+                        ));
                     }
                     self.leaders.remove(&key);
                     refresh = true;
@@ -297,8 +338,12 @@ impl Consumer {
                 }
                 let position = self.positions.get(&key).copied().unwrap_or(0);
                 let next = next_offset_after(&r.records).unwrap_or(position);
-                let decoded = runnel_records::decode_records(r.records)
-                    .map_err(|e| ClientError::Invalid(format!("undecodable batch from {}-{}: {e}", r.topic, r.partition)))?;
+                let decoded = runnel_records::decode_records(r.records).map_err(|e| {
+                    ClientError::Invalid(format!(
+                        "undecodable batch from {}-{}: {e}",
+                        r.topic, r.partition
+                    ))
+                })?;
                 for rec in decoded {
                     if rec.offset < position {
                         continue;

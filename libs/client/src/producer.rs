@@ -120,7 +120,10 @@ impl std::fmt::Debug for Command {
 impl Producer {
     pub fn new(config: ProducerConfig) -> Result<Self, ClientError> {
         if !matches!(config.acks, -1..=1) {
-            return Err(ClientError::Invalid(format!("acks must be 0, 1 or -1, not {}", config.acks)));
+            return Err(ClientError::Invalid(format!(
+                "acks must be 0, 1 or -1, not {}",
+                config.acks
+            )));
         }
         let channel = runnel_rpc::lazy_channel(&config.ingest)?;
         let ingest = IngestServiceClient::new(channel)
@@ -418,7 +421,9 @@ impl SendTask {
                 Ok(response) => {
                     let results = response.into_inner().results;
                     if results.len() != pending.len() {
-                        let e = ClientError::Invalid("ingest answered a different partition count".into());
+                        let e = ClientError::Invalid(
+                            "ingest answered a different partition count".into(),
+                        );
                         pending.into_iter().for_each(|(_, b, _)| fail(b, e.clone()));
                         return;
                     }
@@ -429,19 +434,26 @@ impl SendTask {
                         } else if retriable(r.error) && attempt < self.retries {
                             retry.push(((topic, partition), b, bytes));
                         } else {
-                            fail(b, ClientError::partition(&topic, partition, r.error, r.error_message));
+                            fail(
+                                b,
+                                ClientError::partition(&topic, partition, r.error, r.error_message),
+                            );
                         }
                     }
                 }
                 Err(status) => {
                     let transient = matches!(
                         status.code(),
-                        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
+                        tonic::Code::Unavailable
+                            | tonic::Code::DeadlineExceeded
+                            | tonic::Code::Cancelled
                     );
                     if transient && attempt < self.retries {
                         retry = pending;
                     } else {
-                        pending.into_iter().for_each(|(_, b, _)| fail(b, status.clone().into()));
+                        pending
+                            .into_iter()
+                            .for_each(|(_, b, _)| fail(b, status.clone().into()));
                         return;
                     }
                 }

@@ -14,7 +14,9 @@ pub mod topic_config;
 pub mod watcher;
 
 pub use keys::Keys;
-pub use model::{ClusterMetadata, ControllerRecord, NodeRecord, PartitionRecord, TopicRecord, TopicState};
+pub use model::{
+    ClusterMetadata, ControllerRecord, NodeRecord, PartitionRecord, TopicRecord, TopicState,
+};
 pub use topic_config::{ConfigError, TopicConfig};
 pub use watcher::MetadataWatcher;
 

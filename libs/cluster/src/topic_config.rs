@@ -84,12 +84,28 @@ const KNOWN: &[(&str, Kind, &str)] = &[
     ("leader.replication.throttled.replicas", Kind::Text, ""),
     ("local.retention.bytes", Kind::Long(-2), "-2"),
     ("local.retention.ms", Kind::Long(-2), "-2"),
-    ("max.compaction.lag.ms", Kind::Long(1), "9223372036854775807"),
+    (
+        "max.compaction.lag.ms",
+        Kind::Long(1),
+        "9223372036854775807",
+    ),
     ("max.message.bytes", Kind::Long(0), "1048588"),
     ("message.downconversion.enable", Kind::Bool, "true"),
-    ("message.timestamp.after.max.ms", Kind::Long(0), "9223372036854775807"),
-    ("message.timestamp.before.max.ms", Kind::Long(0), "9223372036854775807"),
-    ("message.timestamp.difference.max.ms", Kind::Long(0), "9223372036854775807"),
+    (
+        "message.timestamp.after.max.ms",
+        Kind::Long(0),
+        "9223372036854775807",
+    ),
+    (
+        "message.timestamp.before.max.ms",
+        Kind::Long(0),
+        "9223372036854775807",
+    ),
+    (
+        "message.timestamp.difference.max.ms",
+        Kind::Long(0),
+        "9223372036854775807",
+    ),
     ("message.timestamp.type", Kind::TimestampType, "CreateTime"),
     ("min.cleanable.dirty.ratio", Kind::Ratio, "0.5"),
     ("min.compaction.lag.ms", Kind::Long(0), "0"),
@@ -153,14 +169,8 @@ pub fn validate_entry(key: &str, value: &str) -> Result<(), ConfigError> {
         }
         Kind::CleanupPolicy => {
             let parts: Vec<&str> = v.split(',').map(str::trim).collect();
-            if parts.is_empty()
-                || parts
-                    .iter()
-                    .any(|p| !matches!(*p, "delete" | "compact"))
-            {
-                return Err(invalid(
-                    "expected delete, compact or compact,delete".into(),
-                ));
+            if parts.is_empty() || parts.iter().any(|p| !matches!(*p, "delete" | "compact")) {
+                return Err(invalid("expected delete, compact or compact,delete".into()));
             }
         }
         Kind::TimestampType => {
@@ -185,9 +195,7 @@ pub fn validate_entry(key: &str, value: &str) -> Result<(), ConfigError> {
 
 /// Checks every entry of a config map.
 pub fn validate(configs: &BTreeMap<String, String>) -> Result<(), ConfigError> {
-    configs
-        .iter()
-        .try_for_each(|(k, v)| validate_entry(k, v))
+    configs.iter().try_for_each(|(k, v)| validate_entry(k, v))
 }
 
 /// The configs the storage and ingest paths act on, resolved against the
@@ -280,7 +288,10 @@ mod tests {
     fn resolves_with_defaults() {
         let mut m = BTreeMap::new();
         m.insert("segment.bytes".to_string(), "1048576".to_string());
-        m.insert("message.timestamp.type".to_string(), "LogAppendTime".to_string());
+        m.insert(
+            "message.timestamp.type".to_string(),
+            "LogAppendTime".to_string(),
+        );
         let c = TopicConfig::resolve(&m);
         assert_eq!(c.segment_bytes, 1_048_576);
         assert!(c.log_append_time);

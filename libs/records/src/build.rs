@@ -89,7 +89,8 @@ pub fn decode_records(buf: Bytes) -> Result<Vec<StoredRecord>, CodecError> {
     let mut rest = buf;
     let mut out = Vec::new();
     while !rest.is_empty() {
-        let header = crate::batch::BatchHeader::parse(&rest).map_err(|e| CodecError(e.to_string()))?;
+        let header =
+            crate::batch::BatchHeader::parse(&rest).map_err(|e| CodecError(e.to_string()))?;
         if rest.len() < header.total_len() {
             return Err(CodecError(format!(
                 "batch truncated: {} of {} bytes",
@@ -138,7 +139,8 @@ fn decompress(codec: i16, payload: Bytes) -> Result<Bytes, CodecError> {
             bounded(&mut d, "lz4")
         }
         4 => {
-            let mut d = zstd::stream::read::Decoder::new(&payload[..]).map_err(|e| err("zstd", &e))?;
+            let mut d =
+                zstd::stream::read::Decoder::new(&payload[..]).map_err(|e| err("zstd", &e))?;
             bounded(&mut d, "zstd")
         }
         other => Err(CodecError(format!("unknown compression codec {other}"))),
@@ -151,8 +153,8 @@ fn decompress(codec: i16, payload: Bytes) -> Result<Bytes, CodecError> {
 fn snappy(payload: &[u8]) -> Result<Bytes, CodecError> {
     const XERIAL_MAGIC: &[u8] = &[0x82, b'S', b'N', b'A', b'P', b'P', b'Y', 0];
     let raw = |chunk: &[u8], out: &mut Vec<u8>| -> Result<(), CodecError> {
-        let len = snap::raw::decompress_len(chunk)
-            .map_err(|e| CodecError(format!("snappy: {e}")))?;
+        let len =
+            snap::raw::decompress_len(chunk).map_err(|e| CodecError(format!("snappy: {e}")))?;
         // Snappy cannot expand more than ~21x; anything claiming more lies.
         if len > chunk.len().saturating_mul(32) || out.len() + len > MAX_DECOMPRESSED_BATCH {
             return Err(CodecError(format!("snappy: implausible length {len}")));
@@ -326,7 +328,10 @@ mod tests {
             .map(|i| PlainRecord {
                 key: (i % 3 != 0).then(|| Bytes::from(format!("key-{i}"))),
                 value: Some(Bytes::from(vec![b'x'; i])),
-                headers: vec![("h".into(), Some(Bytes::from_static(b"v"))), ("n".into(), None)],
+                headers: vec![
+                    ("h".into(), Some(Bytes::from_static(b"v"))),
+                    ("n".into(), None),
+                ],
                 timestamp_ms: 1_700_000_000_000 + i as i64,
             })
             .collect();

@@ -73,7 +73,10 @@ impl Controller {
             }
             match self.campaign(ttl).await {
                 Ok(Some(lease)) => {
-                    tracing::info!(instance = self.config.instance_id, "became the active controller");
+                    tracing::info!(
+                        instance = self.config.instance_id,
+                        "became the active controller"
+                    );
                     metrics::counter!("runnel_controller_elections_total").increment(1);
                     self.active.store(true, Ordering::SeqCst);
                     metrics::gauge!("runnel_controller_active").set(1.0);
@@ -200,12 +203,16 @@ impl Controller {
                 let assignment = assign(
                     md,
                     topic.record.partitions,
-                    topic.record.replication_factor.min(live.len().max(1) as i32),
+                    topic
+                        .record
+                        .replication_factor
+                        .min(live.len().max(1) as i32),
                 );
                 for p in 0..topic.record.partitions {
                     if !topic.partitions.contains_key(&p) {
                         let replicas = assignment.get(p as usize).cloned().unwrap_or_default();
-                        self.put_partition(name, p, &new_partition(replicas)).await?;
+                        self.put_partition(name, p, &new_partition(replicas))
+                            .await?;
                     }
                 }
             }
@@ -351,12 +358,15 @@ impl Controller {
             replication_factor = record.replication_factor, "topic created");
         // Answer once this instance's own view has the topic, so a client's
         // next metadata call sees what it just created.
-        let (name, id, count) = (record.name.clone(), record.topic_id.clone(), record.partitions);
+        let (name, id, count) = (
+            record.name.clone(),
+            record.topic_id.clone(),
+            record.partitions,
+        );
         self.watcher
             .wait_until(Duration::from_secs(5), |md| {
-                md.topic(&name).is_some_and(|t| {
-                    t.record.topic_id == id && t.partitions.len() as i32 >= count
-                })
+                md.topic(&name)
+                    .is_some_and(|t| t.record.topic_id == id && t.partitions.len() as i32 >= count)
             })
             .await;
         Ok((record, partitions))
@@ -399,7 +409,11 @@ impl Controller {
         Ok((record, kv.mod_revision))
     }
 
-    async fn store_topic(&self, record: &TopicRecord, revision: i64) -> Result<(), CoordinatorError> {
+    async fn store_topic(
+        &self,
+        record: &TopicRecord,
+        revision: i64,
+    ) -> Result<(), CoordinatorError> {
         let value = Bytes::from(serde_json::to_vec(record).unwrap_or_default());
         match self
             .store
@@ -621,7 +635,10 @@ mod tests {
             assert_ne!(r[0], r[1]);
             *leaders.entry(r[0]).or_insert(0) += 1;
         }
-        assert!(leaders.values().all(|&n| (2..=3).contains(&n)), "{leaders:?}");
+        assert!(
+            leaders.values().all(|&n| (2..=3).contains(&n)),
+            "{leaders:?}"
+        );
     }
 
     #[test]

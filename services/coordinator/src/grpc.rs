@@ -31,8 +31,10 @@ impl CoordinatorGrpc {
     /// A client to the active controller when it is another instance.
     fn forward_target(
         &self,
-    ) -> Result<Option<(String, CoordinatorServiceClient<tonic::transport::Channel>)>, CoordinatorError>
-    {
+    ) -> Result<
+        Option<(String, CoordinatorServiceClient<tonic::transport::Channel>)>,
+        CoordinatorError,
+    > {
         if self.controller.is_active() {
             return Ok(None);
         }
@@ -67,14 +69,20 @@ fn partition_info(p: i32, s: &PartitionRecord) -> pb::PartitionInfo {
     }
 }
 
-pub fn topic_info(record: &TopicRecord, partitions: &BTreeMap<i32, PartitionRecord>) -> pb::TopicInfo {
+pub fn topic_info(
+    record: &TopicRecord,
+    partitions: &BTreeMap<i32, PartitionRecord>,
+) -> pb::TopicInfo {
     pb::TopicInfo {
         name: record.name.clone(),
         topic_id: record.topic_id.clone(),
         partition_count: record.partitions,
         replication_factor: record.replication_factor,
         configs: record.configs.clone().into_iter().collect(),
-        partitions: partitions.iter().map(|(&p, s)| partition_info(p, s)).collect(),
+        partitions: partitions
+            .iter()
+            .map(|(&p, s)| partition_info(p, s))
+            .collect(),
     }
 }
 
@@ -128,7 +136,13 @@ impl CoordinatorService for CoordinatorGrpc {
         // when no controller is reachable.
         let topic = self
             .controller
-            .validate_new_topic(&md, &req.name, req.partitions, req.replication_factor, configs)
+            .validate_new_topic(
+                &md,
+                &req.name,
+                req.partitions,
+                req.replication_factor,
+                configs,
+            )
             .map_err(|e| fail(&mut m, e))?;
         if req.validate_only {
             let preview = TopicRecord {
@@ -145,13 +159,16 @@ impl CoordinatorService for CoordinatorGrpc {
         }
         if let Some((address, mut client)) = self.forward_target().map_err(|e| fail(&mut m, e))? {
             let name = req.name.clone();
-            let response = client.create_topic(req).await.map_err(|status| {
-                fail(&mut m, CoordinatorError::Forward { address, status })
-            })?;
+            let response = client
+                .create_topic(req)
+                .await
+                .map_err(|status| fail(&mut m, CoordinatorError::Forward { address, status }))?;
             // Let this instance's view catch up before answering.
             self.controller
                 .watcher
-                .wait_until(std::time::Duration::from_secs(5), |md| md.topic(&name).is_some())
+                .wait_until(std::time::Duration::from_secs(5), |md| {
+                    md.topic(&name).is_some()
+                })
                 .await;
             return Ok(response);
         }
@@ -177,9 +194,10 @@ impl CoordinatorService for CoordinatorGrpc {
         let mut m = RequestMetrics::start("coordinator", "DeleteTopic");
         let req = request.into_inner();
         if let Some((address, mut client)) = self.forward_target().map_err(|e| fail(&mut m, e))? {
-            return client.delete_topic(req).await.map_err(|status| {
-                fail(&mut m, CoordinatorError::Forward { address, status })
-            });
+            return client
+                .delete_topic(req)
+                .await
+                .map_err(|status| fail(&mut m, CoordinatorError::Forward { address, status }));
         }
         self.controller
             .delete_topic(&req.name)
@@ -198,7 +216,9 @@ impl CoordinatorService for CoordinatorGrpc {
         let topics = md
             .topics
             .values()
-            .filter(|t| include_internal || !runnel_cluster::topic_config::is_internal_topic(&t.record.name))
+            .filter(|t| {
+                include_internal || !runnel_cluster::topic_config::is_internal_topic(&t.record.name)
+            })
             .map(state_info)
             .collect();
         Ok(Response::new(pb::ListTopicsResponse { topics }))
@@ -237,9 +257,10 @@ impl CoordinatorService for CoordinatorGrpc {
         let mut m = RequestMetrics::start("coordinator", "AlterTopicConfigs");
         let req = request.into_inner();
         if let Some((address, mut client)) = self.forward_target().map_err(|e| fail(&mut m, e))? {
-            return client.alter_topic_configs(req).await.map_err(|status| {
-                fail(&mut m, CoordinatorError::Forward { address, status })
-            });
+            return client
+                .alter_topic_configs(req)
+                .await
+                .map_err(|status| fail(&mut m, CoordinatorError::Forward { address, status }));
         }
         let record = self
             .controller
@@ -269,9 +290,10 @@ impl CoordinatorService for CoordinatorGrpc {
         let mut m = RequestMetrics::start("coordinator", "CreatePartitions");
         let req = request.into_inner();
         if let Some((address, mut client)) = self.forward_target().map_err(|e| fail(&mut m, e))? {
-            return client.create_partitions(req).await.map_err(|status| {
-                fail(&mut m, CoordinatorError::Forward { address, status })
-            });
+            return client
+                .create_partitions(req)
+                .await
+                .map_err(|status| fail(&mut m, CoordinatorError::Forward { address, status }));
         }
         let (record, partitions) = self
             .controller

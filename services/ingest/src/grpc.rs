@@ -128,7 +128,10 @@ impl IngestService for IngestGrpc {
             .map(|t| t.record.partitions)
             .unwrap_or(0);
         if partitions <= 0 {
-            return Err(Status::not_found(format!("topic {:?} does not exist", req.topic)));
+            return Err(Status::not_found(format!(
+                "topic {:?} does not exist",
+                req.topic
+            )));
         }
         // Records without key or partition share one partition per request
         // (Kafka's sticky partitioner does the same per batch).

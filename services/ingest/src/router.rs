@@ -65,7 +65,10 @@ fn retriable(code: i32) -> bool {
 }
 
 impl Router {
-    pub async fn new(config: IngestConfig, store: Arc<dyn MetaStore>) -> Result<Self, runnel_metastore::MetaError> {
+    pub async fn new(
+        config: IngestConfig,
+        store: Arc<dyn MetaStore>,
+    ) -> Result<Self, runnel_metastore::MetaError> {
         let keys = Keys::new(&config.cluster);
         let watcher = MetadataWatcher::start(store.clone(), keys.clone()).await?;
         Ok(Router {
@@ -130,7 +133,10 @@ impl Router {
             partitions: self.config.auto_create_partitions.max(1),
             ..Default::default()
         };
-        match CoordinatorServiceClient::new(channel).create_topic(request).await {
+        match CoordinatorServiceClient::new(channel)
+            .create_topic(request)
+            .await
+        {
             Ok(_) => Ok(()),
             Err(s) if s.code() == tonic::Code::AlreadyExists => Ok(()),
             Err(s) => Err(s),
@@ -273,7 +279,12 @@ impl Router {
                             };
                             last_error.insert(
                                 i,
-                                failed(&d.topic, d.partition, code, format!("leader unreachable: {}", status.message())),
+                                failed(
+                                    &d.topic,
+                                    d.partition,
+                                    code,
+                                    format!("leader unreachable: {}", status.message()),
+                                ),
                             );
                             retry.push(i);
                         }
@@ -289,7 +300,12 @@ impl Router {
                 for &i in &pending {
                     let d = &parts[i];
                     results[i] = Some(last_error.remove(&i).unwrap_or_else(|| {
-                        failed(&d.topic, d.partition, ErrorCode::RequestTimedOut, "timed out".into())
+                        failed(
+                            &d.topic,
+                            d.partition,
+                            ErrorCode::RequestTimedOut,
+                            "timed out".into(),
+                        )
                     }));
                 }
                 break;
@@ -297,7 +313,8 @@ impl Router {
             metrics::counter!("runnel_ingest_retries_total").increment(pending.len() as u64);
             // Wait for the metadata to move, or a short backoff (a restarting
             // leader keeps its leadership, so there may be no change).
-            let backoff = Duration::from_millis(100).min(deadline.saturating_duration_since(Instant::now()));
+            let backoff =
+                Duration::from_millis(100).min(deadline.saturating_duration_since(Instant::now()));
             let _ = tokio::time::timeout(backoff, changes.changed()).await;
         }
         results
@@ -305,7 +322,12 @@ impl Router {
             .zip(&parts)
             .map(|(r, d)| {
                 r.unwrap_or_else(|| {
-                    failed(&d.topic, d.partition, ErrorCode::UnknownServerError, "no result".into())
+                    failed(
+                        &d.topic,
+                        d.partition,
+                        ErrorCode::UnknownServerError,
+                        "no result".into(),
+                    )
                 })
             })
             .collect()

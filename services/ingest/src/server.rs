@@ -31,7 +31,9 @@ pub async fn serve(
     let local = listener.local_addr()?;
     let router = Arc::new(Router::new(config, store).await?);
     let (health, health_svc, reflection) = runnel_rpc::health_and_reflection()?;
-    health.set_serving::<IngestServiceServer<IngestGrpc>>().await;
+    health
+        .set_serving::<IngestServiceServer<IngestGrpc>>()
+        .await;
     let svc = IngestServiceServer::new(IngestGrpc::new(router))
         .max_decoding_message_size(runnel_rpc::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(runnel_rpc::MAX_MESSAGE_BYTES);

@@ -78,9 +78,10 @@ impl DevCluster {
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
         let data_dir = config.data_dir.canonicalize()?;
-        let metastore_url = config.metastore.clone().unwrap_or_else(|| {
-            format!("file://{}", data_dir.join("metastore.json").display())
-        });
+        let metastore_url = config
+            .metastore
+            .clone()
+            .unwrap_or_else(|| format!("file://{}", data_dir.join("metastore.json").display()));
         let store = runnel_metastore::open(&metastore_url)
             .await
             .with_context(|| format!("opening metastore {metastore_url}"))?;

@@ -3,17 +3,23 @@
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
 
-
 use anyhow::Context;
 use bytes::Bytes;
 use clap::{Args, Parser, Subcommand};
 use runnel::dev::{DevCluster, DevConfig};
 use runnel::settings;
-use runnel_client::{Admin, Compression, Consumer, ConsumerConfig, NewTopic, Producer, ProducerConfig, Record, StartOffset};
+use runnel_client::{
+    Admin, Compression, Consumer, ConsumerConfig, NewTopic, Producer, ProducerConfig, Record,
+    StartOffset,
+};
 use serde::Serialize;
 
 #[derive(Parser, Debug)]
-#[command(name = "runnel", version, about = "A Kafka-compatible event streaming platform")]
+#[command(
+    name = "runnel",
+    version,
+    about = "A Kafka-compatible event streaming platform"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -266,7 +272,11 @@ fn parse_compression(s: &str) -> Result<Compression, String> {
         "snappy" => Compression::Snappy,
         "lz4" => Compression::Lz4,
         "zstd" => Compression::Zstd,
-        _ => return Err(format!("unknown compression {s:?}: none, gzip, snappy, lz4, zstd")),
+        _ => {
+            return Err(format!(
+                "unknown compression {s:?}: none, gzip, snappy, lz4, zstd"
+            ));
+        }
     })
 }
 
@@ -307,12 +317,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let config: DevConfig = settings::load(args.config.as_deref(), &args)?;
             metrics(Some(config.metrics_listen.clone()), "")?;
             let mut cluster = DevCluster::start(config.clone()).await?;
-            println!("runnel dev is running (data in {})", config.data_dir.display());
+            println!(
+                "runnel dev is running (data in {})",
+                config.data_dir.display()
+            );
             println!("  coordinator gRPC  {}", cluster.coordinator);
             println!("  storage gRPC      {}", cluster.storage);
             println!("  ingest gRPC       {}", cluster.ingest);
             if !config.metrics_listen.is_empty() {
-                println!("  metrics           http://{}/metrics", config.metrics_listen);
+                println!(
+                    "  metrics           http://{}/metrics",
+                    config.metrics_listen
+                );
             }
             println!("Try: runnel topic create demo --partitions 3");
             tokio::select! {
@@ -328,7 +344,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             metrics(args.role.metrics_listen.clone(), "0.0.0.0:9401")?;
             let store = runnel_metastore::open(&config.metastore).await?;
             let listener = bind(&config.listen).await?;
-            runnel_coordinator::serve(config, store, listener, runnel_rpc::shutdown_signal()).await?;
+            runnel_coordinator::serve(config, store, listener, runnel_rpc::shutdown_signal())
+                .await?;
             Ok(())
         }
         Command::Storage(args) => {
@@ -415,13 +432,23 @@ async fn topic(cmd: TopicCommand) -> anyhow::Result<()> {
                 print_topic(&info);
             }
         }
-        TopicCommand::List { internal, endpoints } => {
-            for t in Admin::connect(&endpoints.coordinator)?.list_topics(internal).await? {
+        TopicCommand::List {
+            internal,
+            endpoints,
+        } => {
+            for t in Admin::connect(&endpoints.coordinator)?
+                .list_topics(internal)
+                .await?
+            {
                 println!("{}", t.name);
             }
         }
         TopicCommand::Describe { name, endpoints } => {
-            print_topic(&Admin::connect(&endpoints.coordinator)?.describe_topic(&name).await?);
+            print_topic(
+                &Admin::connect(&endpoints.coordinator)?
+                    .describe_topic(&name)
+                    .await?,
+            );
         }
         TopicCommand::Alter {
             name,
@@ -444,11 +471,15 @@ async fn topic(cmd: TopicCommand) -> anyhow::Result<()> {
             }
             match info {
                 Some(info) => print_topic(&info),
-                None => anyhow::bail!("nothing to change: give --config, --delete-config or --partitions"),
+                None => anyhow::bail!(
+                    "nothing to change: give --config, --delete-config or --partitions"
+                ),
             }
         }
         TopicCommand::Delete { name, endpoints } => {
-            Admin::connect(&endpoints.coordinator)?.delete_topic(&name).await?;
+            Admin::connect(&endpoints.coordinator)?
+                .delete_topic(&name)
+                .await?;
             println!("deleted {name}");
         }
     }
@@ -554,14 +585,25 @@ async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
                 write!(out, "{}\t{}\t{}\t", r.partition, r.offset, r.timestamp_ms)?;
             }
             if let Some(sep) = &args.key_separator {
-                let key = r.key.as_deref().map(String::from_utf8_lossy).unwrap_or_default();
+                let key = r
+                    .key
+                    .as_deref()
+                    .map(String::from_utf8_lossy)
+                    .unwrap_or_default();
                 write!(out, "{key}{sep}")?;
             }
-            let value = r.value.as_deref().map(String::from_utf8_lossy).unwrap_or_default();
+            let value = r
+                .value
+                .as_deref()
+                .map(String::from_utf8_lossy)
+                .unwrap_or_default();
             write!(out, "{value}")?;
             if args.print_headers {
                 for (k, v) in &r.headers {
-                    let v = v.as_deref().map(String::from_utf8_lossy).unwrap_or_default();
+                    let v = v
+                        .as_deref()
+                        .map(String::from_utf8_lossy)
+                        .unwrap_or_default();
                     write!(out, "\t{k}={v}")?;
                 }
             }
@@ -574,4 +616,3 @@ async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
         out.flush()?;
     }
 }
-

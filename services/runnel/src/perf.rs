@@ -146,7 +146,13 @@ pub fn disk_baseline(dir: &Path, batch_bytes: usize, duration: Duration) -> anyh
     let elapsed = start.elapsed();
     drop(file);
     let _ = std::fs::remove_file(&path);
-    Ok(Phase::new("disk write+fdatasync", elapsed, written, h.len(), &h))
+    Ok(Phase::new(
+        "disk write+fdatasync",
+        elapsed,
+        written,
+        h.len(),
+        &h,
+    ))
 }
 
 fn perf_batch(batch_bytes: usize, record_bytes: usize) -> anyhow::Result<(Bytes, u64)> {
@@ -159,7 +165,9 @@ fn perf_batch(batch_bytes: usize, record_bytes: usize) -> anyhow::Result<(Bytes,
         .map(|i| PlainRecord {
             key: Some(Bytes::from(format!("key-{i:08}"))),
             value: Some(Bytes::from(
-                (0..record_bytes).map(|j| (i * 31 + j) as u8).collect::<Vec<u8>>(),
+                (0..record_bytes)
+                    .map(|j| (i * 31 + j) as u8)
+                    .collect::<Vec<u8>>(),
             )),
             headers: Vec::new(),
             timestamp_ms: now,
@@ -175,7 +183,9 @@ async fn suite(args: SuiteArgs) -> anyhow::Result<()> {
         None => std::env::current_dir()?,
     };
     std::fs::create_dir_all(&base)?;
-    let tmp = tempfile::Builder::new().prefix("runnel-perf-").tempdir_in(&base)?;
+    let tmp = tempfile::Builder::new()
+        .prefix("runnel-perf-")
+        .tempdir_in(&base)?;
     let data_dir = tmp.path().to_path_buf();
     let duration = *args.duration;
     println!(
@@ -190,7 +200,8 @@ async fn suite(args: SuiteArgs) -> anyhow::Result<()> {
     // 1. The hardware ceiling for this pattern, same disk, same run.
     let dir = data_dir.join("baseline");
     let batch_bytes = args.batch_bytes;
-    let disk = tokio::task::spawn_blocking(move || disk_baseline(&dir, batch_bytes, duration)).await??;
+    let disk =
+        tokio::task::spawn_blocking(move || disk_baseline(&dir, batch_bytes, duration)).await??;
     disk.print();
 
     // 2. Produce through ingest into a one-partition topic, acks=all, fsync
@@ -206,10 +217,20 @@ async fn suite(args: SuiteArgs) -> anyhow::Result<()> {
     .await?;
     let admin = Admin::connect(&cluster.coordinator)?;
     admin
-        .create_topic(NewTopic::new("perf", 1).config("max.message.bytes", &(args.batch_bytes * 2).to_string()))
+        .create_topic(
+            NewTopic::new("perf", 1)
+                .config("max.message.bytes", &(args.batch_bytes * 2).to_string()),
+        )
         .await?;
     let (batch, per_batch) = perf_batch(args.batch_bytes, args.record_bytes)?;
-    let produce = produce_phase(&cluster.ingest, batch.clone(), per_batch, args.concurrency, duration).await?;
+    let produce = produce_phase(
+        &cluster.ingest,
+        batch.clone(),
+        per_batch,
+        args.concurrency,
+        duration,
+    )
+    .await?;
     produce.print();
 
     // 3. Consume it all back from the leader: raw fetch (what the Kafka edge
@@ -220,9 +241,18 @@ async fn suite(args: SuiteArgs) -> anyhow::Result<()> {
     decoded.print();
 
     println!();
-    println!("produce / disk ceiling        {:.2}x", produce.mb_per_s / disk.mb_per_s);
-    println!("consume (raw) / produce       {:.2}x", fetch.mb_per_s / produce.mb_per_s);
-    println!("consume (decoded) / produce   {:.2}x", decoded.mb_per_s / produce.mb_per_s);
+    println!(
+        "produce / disk ceiling        {:.2}x",
+        produce.mb_per_s / disk.mb_per_s
+    );
+    println!(
+        "consume (raw) / produce       {:.2}x",
+        fetch.mb_per_s / produce.mb_per_s
+    );
+    println!(
+        "consume (decoded) / produce   {:.2}x",
+        decoded.mb_per_s / produce.mb_per_s
+    );
     if args.json {
         println!(
             "{}",
@@ -344,6 +374,10 @@ async fn consume_phase(storage: &str, records: u64, decode: bool) -> anyhow::Res
         }
         h.record(t.elapsed().as_micros().max(1) as u64)?;
     }
-    let name = if decode { "consume (decoded records)" } else { "consume (raw fetch)" };
+    let name = if decode {
+        "consume (decoded records)"
+    } else {
+        "consume (raw fetch)"
+    };
     Ok(Phase::new(name, start.elapsed(), bytes, seen, &h))
 }

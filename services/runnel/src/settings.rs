@@ -33,7 +33,10 @@ where
         figment = figment.merge(Toml::file(path));
     }
     figment = figment
-        .merge(Env::prefixed("RUNNEL_").filter(move |k| fields.iter().any(|f| k.as_str().eq_ignore_ascii_case(f))))
+        .merge(
+            Env::prefixed("RUNNEL_")
+                .filter(move |k| fields.iter().any(|f| k.as_str().eq_ignore_ascii_case(f))),
+        )
         .merge(Serialized::defaults(overrides));
     figment.extract().with_context(|| match file {
         Some(p) => format!("invalid configuration (file {})", p.display()),
@@ -70,13 +73,26 @@ mod tests {
             jail.set_env("RUNNEL_NODE_ID", "3");
             jail.set_env("RUNNEL_UNRELATED", "x");
             let c: Demo = load(Some(&file), &Flags { node_id: None }).unwrap();
-            assert_eq!(c, Demo { listen: "file:1".into(), node_id: 3, flush: "os".into() });
+            assert_eq!(
+                c,
+                Demo {
+                    listen: "file:1".into(),
+                    node_id: 3,
+                    flush: "os".into()
+                }
+            );
             let c: Demo = load(Some(&file), &Flags { node_id: Some(4) }).unwrap();
             assert_eq!(c.node_id, 4);
             Ok(())
         });
         std::fs::write(&file, "listn = \"typo\"\n").unwrap();
         assert!(load::<Demo, _>(Some(&file), &Flags { node_id: None }).is_err());
-        assert!(load::<Demo, _>(Some(&dir.path().join("missing.toml")), &Flags { node_id: None }).is_err());
+        assert!(
+            load::<Demo, _>(
+                Some(&dir.path().join("missing.toml")),
+                &Flags { node_id: None }
+            )
+            .is_err()
+        );
     }
 }

@@ -160,7 +160,11 @@ impl StorageService for StorageGrpc {
         });
         let results = futures::future::join_all(futures).await;
         if let Some(failed) = results.iter().find(|r| r.error != 0) {
-            m.fail(ErrorCode::try_from(failed.error).map(|c| c.as_str_name()).unwrap_or("error"));
+            m.fail(
+                ErrorCode::try_from(failed.error)
+                    .map(|c| c.as_str_name())
+                    .unwrap_or("error"),
+            );
         }
         Ok(Response::new(pb::AppendResponse { results }))
     }
@@ -171,7 +175,8 @@ impl StorageService for StorageGrpc {
     ) -> Result<Response<pb::FetchResponse>, Status> {
         let _m = RequestMetrics::start("storage", "Fetch");
         let req = request.into_inner();
-        let max_wait = Duration::from_millis(req.max_wait_ms.min(self.node.config.max_fetch_wait_ms) as u64);
+        let max_wait =
+            Duration::from_millis(req.max_wait_ms.min(self.node.config.max_fetch_wait_ms) as u64);
         let min_bytes = req.min_bytes.max(1) as usize;
         let deadline = tokio::time::Instant::now() + max_wait;
         // Subscribe before the first read so an append between the read and

@@ -147,7 +147,10 @@ impl StorageNode {
     /// deleted while it was down. A data directory with another cluster's
     /// marker (or none, before the cluster has an id) is never cleaned: a
     /// node pointed at the wrong cluster must not wipe its disk.
-    pub async fn sync_assignments(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    pub async fn sync_assignments(
+        self: Arc<Self>,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) {
         let mut changes = self.watcher.subscribe();
         let mut seen_topics: BTreeSet<(String, String)> = BTreeSet::new();
         let mut warned_stray = false;
@@ -282,7 +285,9 @@ impl ClusterMarker {
             None if unknown_data => {
                 if !self.warned {
                     self.warned = true;
-                    tracing::warn!("the data directory has no cluster marker and holds partitions this cluster does not know; they will not be cleaned up");
+                    tracing::warn!(
+                        "the data directory has no cluster marker and holds partitions this cluster does not know; they will not be cleaned up"
+                    );
                 }
                 false
             }

@@ -65,7 +65,9 @@ pub async fn serve(
     let registration = tokio::spawn(node.clone().keep_registered(advertised.clone(), stop_rx));
 
     let (health, health_svc, reflection) = runnel_rpc::health_and_reflection()?;
-    health.set_serving::<StorageServiceServer<StorageGrpc>>().await;
+    health
+        .set_serving::<StorageServiceServer<StorageGrpc>>()
+        .await;
     let svc = StorageServiceServer::new(StorageGrpc::new(node.clone()))
         .max_decoding_message_size(runnel_rpc::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(runnel_rpc::MAX_MESSAGE_BYTES);
