@@ -19,8 +19,6 @@ cargo build --workspace --all-targets --locked
 echo "== Rust tests (unit, integration, end to end)"
 cargo test --workspace --locked
 
-if [ -d tests/python ] && ls tests/python/test_*.py >/dev/null 2>&1; then
-  echo "== Kafka client tests against runnel dev's edge"
-  ./tests/python/run.sh
-fi
+echo "== Kafka client tests (confluent-kafka, kafka-python, kcat) against runnel dev"
+./tests/python/run_edge_tests.sh
 echo "== all tests passed"

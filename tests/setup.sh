@@ -37,9 +37,8 @@ if [ ! -x "$VENV/bin/python" ]; then
   echo "setup: creating $VENV"
   python3 -m venv "$VENV"
 fi
-if ! "$VENV/bin/python" -c "import confluent_kafka, kafka, pytest" >/dev/null 2>&1; then
-  echo "setup: installing Python Kafka clients"
-  "$VENV/bin/pip" install -q --disable-pip-version-check \
-    "confluent-kafka>=2.3" "kafka-python>=2.0.2" "pytest>=7"
+if ! "$VENV/bin/python" -c "import confluent_kafka, kafka, pytest, snappy, lz4, zstandard" >/dev/null 2>&1; then
+  echo "setup: installing Python Kafka clients (tests/python/requirements.txt)"
+  "$VENV/bin/pip" install -q --disable-pip-version-check -r tests/python/requirements.txt
 fi
 echo "setup: ok (etcd $(etcd --version 2>/dev/null | head -1 | awk '{print $3}'), kcat, $("$VENV/bin/python" --version))"

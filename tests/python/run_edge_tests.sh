@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Runs the Kafka-client tests of the edge (tests/python/test_edge_*.py).
 #
-# Without RUNNEL_KAFKA_BOOTSTRAP it builds and starts a whole runnel cluster
-# with an edge in one process (`cargo run -p runnel-edge --example edge_dev`,
-# on free loopback ports), runs the tests against it, and stops it. With
-# RUNNEL_KAFKA_BOOTSTRAP=host:port set it runs them against that edge.
+# Without RUNNEL_KAFKA_BOOTSTRAP it starts `runnel dev` (every role and the
+# edge in one process, as a user runs it) on free loopback ports with a
+# throw-away data directory, runs the tests against its Kafka listener, and
+# stops it. With RUNNEL_KAFKA_BOOTSTRAP=host:port set it runs them against
+# that edge instead.
 # Extra arguments go to pytest (e.g. -k confluent -x).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -22,27 +23,30 @@ if ! command -v kcat >/dev/null && ! command -v kafkacat >/dev/null; then
 fi
 
 if [ -z "${RUNNEL_KAFKA_BOOTSTRAP:-}" ]; then
-    (cd "$root" && cargo build -q -p runnel-edge --example edge_dev)
-    log=$(mktemp -d)
-    RUNNEL_EDGE_KAFKA_PORT=${RUNNEL_EDGE_KAFKA_PORT:-0} \
-        "$root/target/debug/examples/edge_dev" >"$log/out" 2>"$log/err" &
+    # What a user runs: `runnel dev`, on free ports and a throw-away data dir.
+    runnel=${RUNNEL_BIN:-$root/target/debug/runnel}
+    if [ ! -x "$runnel" ]; then (cd "$root" && cargo build -q -p runnel); fi
+    work=$(mktemp -d)
+    "$runnel" dev --data-dir "$work/data" --coordinator-port 0 --storage-port 0 \
+        --ingest-port 0 --kafka-port 0 --metrics-listen "" >"$work/out" 2>"$work/err" &
     pid=$!
-    trap 'kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true' EXIT
+    trap 'kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true; rm -rf "$work"' EXIT
     for _ in $(seq 1 600); do
-        if grep -q '^READY ' "$log/out"; then break; fi
+        if grep -q 'Kafka (edge)' "$work/out"; then break; fi
         if ! kill -0 "$pid" 2>/dev/null; then
-            echo "edge_dev exited during start-up:" >&2
-            cat "$log/err" >&2
+            echo "runnel dev exited during start-up:" >&2
+            cat "$work/err" >&2
             exit 1
         fi
         sleep 0.1
     done
-    RUNNEL_KAFKA_BOOTSTRAP=$(sed -n 's/^READY //p' "$log/out" | head -1)
+    RUNNEL_KAFKA_BOOTSTRAP=$(awk '/Kafka \(edge\)/ {print $3}' "$work/out" | head -1)
     if [ -z "$RUNNEL_KAFKA_BOOTSTRAP" ]; then
-        echo "edge_dev did not print READY in 60 s; its log: $log/err" >&2
+        echo "runnel dev did not start in 60 s; its log:" >&2
+        tail -50 "$work/err" >&2
         exit 1
     fi
-    echo "edge_dev listening on $RUNNEL_KAFKA_BOOTSTRAP (log: $log/err)"
+    echo "runnel dev serving Kafka on $RUNNEL_KAFKA_BOOTSTRAP"
     export RUNNEL_KAFKA_BOOTSTRAP
 fi
 

@@ -68,10 +68,10 @@ pub async fn serve(
                 },
             };
             metrics::counter!("runnel_edge_received_bytes_total").increment(frame.len() as u64 + 4);
-            let response = tokio::select! {
-                _ = crate::server::stopped(&mut stop) => return Ok(()),
-                r = handle_frame(&edge, &mut state, frame) => r?,
-            };
+            // A request in flight is finished even during shutdown (the
+            // server gives connections a drain period), so a produce the
+            // client sent is answered rather than cut off.
+            let response = handle_frame(&edge, &mut state, frame).await?;
             if let Some(bytes) = response {
                 metrics::counter!("runnel_edge_sent_bytes_total").increment(bytes.len() as u64);
                 io.get_mut().write_all(&bytes).await?;
@@ -140,7 +140,7 @@ async fn handle_frame(
         conn: state,
         error: 0,
     };
-    let response = dispatch(&mut ctx, api, version, header.correlation_id, request)
+    let response = dispatch(&mut ctx, api, version, header.correlation_id, *request)
         .instrument(span)
         .await;
     let error = ctx.error;

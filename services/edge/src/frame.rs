@@ -122,7 +122,7 @@ pub enum Parsed {
         api: ApiKey,
         version: i16,
         header: RequestHeader,
-        request: Request,
+        request: Box<Request>,
     },
     /// An ApiVersions request of a version the edge does not know: answer
     /// UNSUPPORTED_VERSION with a v0 body (the client then retries with a
@@ -165,17 +165,18 @@ pub fn parse_request(frame: Bytes) -> Result<Parsed, ProtocolError> {
     let header = RequestHeader::decode(&mut buf, api.request_header_version(version))
         .map_err(|e| malformed(api, version, format!("header: {e}")))?;
     crate::schema::check(key, version, &buf).map_err(|e| malformed(api, version, e))?;
-    fn body<T: Decodable>(
-        buf: &mut Bytes,
-        api: ApiKey,
-        version: i16,
-    ) -> Result<T, ProtocolError> {
+    fn body<T: Decodable>(buf: &mut Bytes, api: ApiKey, version: i16) -> Result<T, ProtocolError> {
         let value = T::decode(buf, version).map_err(|e| malformed(api, version, e))?;
         if buf.has_remaining() {
             // Kafka brokers ignore bytes after a complete body, and some
             // clients send them (librdkafka 2.x, Metadata v12 for all
             // topics), so the edge ignores them too.
-            tracing::debug!(?api, version, extra = buf.remaining(), "bytes after the request body ignored");
+            tracing::debug!(
+                ?api,
+                version,
+                extra = buf.remaining(),
+                "bytes after the request body ignored"
+            );
         }
         Ok(value)
     }
@@ -196,7 +197,7 @@ pub fn parse_request(frame: Bytes) -> Result<Parsed, ProtocolError> {
         api,
         version,
         header,
-        request,
+        request: Box::new(request),
     })
 }
 
@@ -265,7 +266,7 @@ pub fn str_bytes(s: impl Into<String>) -> StrBytes {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
 
     fn frame(api: i16, version: i16, cid: i32, rest: &[u8]) -> Bytes {
@@ -308,7 +309,10 @@ mod tests {
         assert!(matches!(parse_request(ok), Ok(Parsed::Request { .. })));
         // Bytes after a complete body are ignored, as Kafka does.
         let trailing = frame(18, 0, 1, &[0xff, 0xff, 1, 2, 3]);
-        assert!(matches!(parse_request(trailing), Ok(Parsed::Request { .. })));
+        assert!(matches!(
+            parse_request(trailing),
+            Ok(Parsed::Request { .. })
+        ));
         // Metadata v1 whose body is junk: a string length running past the end.
         let junk = frame(3, 1, 1, &[0xff, 0xff, 0, 0, 0, 1, 0x7f, 0xff, 1]);
         assert!(matches!(

@@ -144,7 +144,9 @@ fn strip_comments(src: &str) -> String {
 
 fn parse_schema(src: &str) -> Result<(i16, Schema), String> {
     let v: Value = serde_json::from_str(&strip_comments(src)).map_err(|e| e.to_string())?;
-    let name = str_of(&v, "name").ok_or("schema without a name")?.to_string();
+    let name = str_of(&v, "name")
+        .ok_or("schema without a name")?
+        .to_string();
     let api_key = v
         .get("apiKey")
         .and_then(Value::as_i64)
@@ -334,7 +336,7 @@ fn min_size(kind: &Kind, version: i16, flexible: bool) -> usize {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
     use bytes::BytesMut;
     use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
@@ -410,15 +412,17 @@ mod tests {
         for v in 4..=17 {
             check(1, v, &encoded(&fetch, v)).unwrap_or_else(|e| panic!("v{v}: {e}"));
         }
-        let produce = ProduceRequest::default().with_acks(-1).with_topic_data(vec![
-            TopicProduceData::default()
-                .with_name(TopicName(StrBytes::from_static_str("t")))
-                .with_partition_data(vec![
-                    PartitionProduceData::default()
-                        .with_index(0)
-                        .with_records(Some(bytes::Bytes::from_static(b"abc"))),
-                ]),
-        ]);
+        let produce = ProduceRequest::default()
+            .with_acks(-1)
+            .with_topic_data(vec![
+                TopicProduceData::default()
+                    .with_name(TopicName(StrBytes::from_static_str("t")))
+                    .with_partition_data(vec![
+                        PartitionProduceData::default()
+                            .with_index(0)
+                            .with_records(Some(bytes::Bytes::from_static(b"abc"))),
+                    ]),
+            ]);
         for v in 3..=11 {
             check(0, v, &encoded(&produce, v)).unwrap_or_else(|e| panic!("v{v}: {e}"));
         }

@@ -135,11 +135,14 @@ pub async fn serve(
     drop(listener);
     tracing::info!(connections = connections.len(), "edge shutting down");
     let _ = stop_tx.send(true);
-    if tokio::time::timeout(DRAIN, async { while connections.join_next().await.is_some() {} })
-        .await
-        .is_err()
+    if tokio::time::timeout(DRAIN, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await
+    .is_err()
     {
         connections.abort_all();
+        while connections.join_next().await.is_some() {}
     }
     match Arc::try_unwrap(edge) {
         Ok(edge) => edge.registry.finish().await,

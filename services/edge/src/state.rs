@@ -136,7 +136,9 @@ impl Edge {
 /// A topic whose partitions all exist and have a live leader.
 pub fn topic_ready(md: &ClusterMetadata, t: &TopicState) -> bool {
     t.partitions.len() as i32 >= t.record.partitions
-        && t.partitions.values().all(|p| md.nodes.contains_key(&p.leader))
+        && t.partitions
+            .values()
+            .all(|p| md.nodes.contains_key(&p.leader))
 }
 
 /// The Kafka code of a failed CreateTopic call. The coordinator answers
@@ -202,7 +204,9 @@ mod tests {
         let c = |s: tonic::Status| create_error(&s).code;
         assert_eq!(c(tonic::Status::already_exists("x")), 36);
         assert_eq!(
-            c(tonic::Status::invalid_argument("invalid partition count 0: x")),
+            c(tonic::Status::invalid_argument(
+                "invalid partition count 0: x"
+            )),
             37
         );
         assert_eq!(
@@ -212,7 +216,9 @@ mod tests {
             38
         );
         assert_eq!(
-            c(tonic::Status::invalid_argument("unknown topic config \"a\"")),
+            c(tonic::Status::invalid_argument(
+                "unknown topic config \"a\""
+            )),
             40
         );
     }

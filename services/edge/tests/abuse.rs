@@ -3,7 +3,7 @@
 //! allocations, idle and surplus connections. The edge answers with an error
 //! or closes that connection cleanly, and keeps serving everyone else.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
@@ -95,7 +95,9 @@ async fn bad_frames_close_only_their_connection() {
 
     // An HTTP request on the Kafka port.
     let mut c = KafkaConn::connect(&addr).await.unwrap();
-    c.send_raw(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    c.send_raw(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
     assert!(c.is_closed().await);
 
     // An unknown API key.
@@ -150,7 +152,10 @@ async fn bad_frames_close_only_their_connection() {
 
     // Everyone else is fine, the bystander included.
     still_serving(&addr).await;
-    let md = bystander.call(&MetadataRequest::default(), 1).await.unwrap();
+    let md = bystander
+        .call(&MetadataRequest::default(), 1)
+        .await
+        .unwrap();
     assert_eq!(md.brokers.len(), 1);
     drop(stalled);
     cluster.shutdown().await.unwrap();
@@ -161,7 +166,9 @@ async fn unsupported_api_versions_gets_error_35_with_a_v0_body() {
     let cluster = Cluster::start(Options::default()).await.unwrap();
     let mut c = KafkaConn::connect(cluster.kafka()).await.unwrap();
     // ApiVersions v127 with a body the edge cannot know.
-    c.send_raw(&frame(18, 127, 42, &[1, 2, 3, 4, 5])).await.unwrap();
+    c.send_raw(&frame(18, 127, 42, &[1, 2, 3, 4, 5]))
+        .await
+        .unwrap();
     let mut response = c.read_frame().await.unwrap().expect("an answer");
     // Header v0: the correlation id only.
     assert_eq!(&response[..4], &42i32.to_be_bytes());
@@ -220,7 +227,10 @@ async fn connection_limit_and_idle_connections() {
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    assert!(served, "the edge serves again after the silent clients left");
+    assert!(
+        served,
+        "the edge serves again after the silent clients left"
+    );
     cluster.shutdown().await.unwrap();
 }
 

@@ -2,7 +2,7 @@
 //! on but rarely show (empty bytes rather than null, the long poll waking on
 //! append, topic ids, acks=0 sending nothing, several edges as brokers).
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
@@ -33,7 +33,11 @@ async fn create_topic(c: &mut KafkaConn, topic: &str, partitions: i32) {
                 .with_replication_factor(-1),
         ]);
     let resp = c.call(&req, 7).await.unwrap();
-    assert_eq!(resp.topics[0].error_code, 0, "{:?}", resp.topics[0].error_message);
+    assert_eq!(
+        resp.topics[0].error_code, 0,
+        "{:?}",
+        resp.topics[0].error_message
+    );
 }
 
 fn batch(values: &[&str], timestamp_ms: i64) -> Bytes {
@@ -72,12 +76,14 @@ fn fetch_request(topic: &str, partition: i32, offset: i64, max_wait_ms: i32) -> 
         .with_max_bytes(50 << 20)
         .with_session_epoch(-1)
         .with_topics(vec![
-            FetchTopic::default().with_topic(name(topic)).with_partitions(vec![
-                FetchPartition::default()
-                    .with_partition(partition)
-                    .with_fetch_offset(offset)
-                    .with_partition_max_bytes(1 << 20),
-            ]),
+            FetchTopic::default()
+                .with_topic(name(topic))
+                .with_partitions(vec![
+                    FetchPartition::default()
+                        .with_partition(partition)
+                        .with_fetch_offset(offset)
+                        .with_partition_max_bytes(1 << 20),
+                ]),
         ])
 }
 
@@ -139,7 +145,10 @@ async fn produce_fetch_and_offsets() {
     assert_eq!(f.responses[0].partitions[0].log_start_offset, 0);
 
     // Out of range, so that auto.offset.reset can act.
-    let f = c.call(&fetch_request("orders", 0, 99, 0), 12).await.unwrap();
+    let f = c
+        .call(&fetch_request("orders", 0, 99, 0), 12)
+        .await
+        .unwrap();
     assert_eq!(f.responses[0].partitions[0].error_code, 1);
 
     // ListOffsets: earliest, latest, by time, max timestamp.
@@ -215,13 +224,19 @@ async fn fetch_long_poll_wakes_on_append() {
     });
     // A minute's wait that must end when the record arrives (the response is
     // read with a 30 s limit).
-    let f = c.call(&fetch_request("waits", 0, 0, 60_000), 12).await.unwrap();
+    let f = c
+        .call(&fetch_request("waits", 0, 0, 60_000), 12)
+        .await
+        .unwrap();
     let records = decode_records(f.responses[0].partitions[0].records.clone().unwrap()).unwrap();
     assert_eq!(records[0].value.as_deref(), Some(&b"late"[..]));
     producer.await.unwrap();
 
     // A short wait with nothing to read returns empty bytes, no error.
-    let f = c.call(&fetch_request("waits", 0, 1, 100), 12).await.unwrap();
+    let f = c
+        .call(&fetch_request("waits", 0, 1, 100), 12)
+        .await
+        .unwrap();
     let p = &f.responses[0].partitions[0];
     assert_eq!((p.error_code, p.high_watermark), (0, 1));
     assert_eq!(p.records.as_ref().map(Bytes::len), Some(0));
@@ -236,14 +251,23 @@ async fn fetch_by_topic_id() {
     c.call(&produce_request("ids", 0, 1, batch(&["x"], 1)), 9)
         .await
         .unwrap();
-    let md = c.call(&MetadataRequest::default().with_topics(None), 12).await.unwrap();
+    let md = c
+        .call(&MetadataRequest::default().with_topics(None), 12)
+        .await
+        .unwrap();
     let id = md.topics[0].topic_id;
     let mut req = fetch_request("", 0, 0, 0);
     req.topics[0].topic_id = id;
     let f = c.call(&req, 13).await.unwrap();
     assert_eq!(f.responses[0].topic_id, id);
     assert_eq!(f.responses[0].partitions[0].error_code, 0);
-    assert!(!f.responses[0].partitions[0].records.as_ref().unwrap().is_empty());
+    assert!(
+        !f.responses[0].partitions[0]
+            .records
+            .as_ref()
+            .unwrap()
+            .is_empty()
+    );
     req.topics[0].topic_id = uuid::Uuid::new_v4();
     let f = c.call(&req, 16).await.unwrap();
     assert_eq!(f.responses[0].partitions[0].error_code, 100);
@@ -268,8 +292,14 @@ async fn every_edge_is_a_broker() {
     let mut c2 = c2.unwrap();
     let mut seen = false;
     for _ in 0..100 {
-        let a = c1.call(&MetadataRequest::default().with_topics(None), 12).await.unwrap();
-        let b = c2.call(&MetadataRequest::default().with_topics(None), 12).await.unwrap();
+        let a = c1
+            .call(&MetadataRequest::default().with_topics(None), 12)
+            .await
+            .unwrap();
+        let b = c2
+            .call(&MetadataRequest::default().with_topics(None), 12)
+            .await
+            .unwrap();
         if a.brokers.len() == 2 && b.brokers.len() == 2 {
             // Each edge leads everything it is asked about and is the controller.
             assert_eq!(a.controller_id, BrokerId(1));
@@ -288,7 +318,10 @@ async fn every_edge_is_a_broker() {
     second.stop().await.unwrap();
     let mut gone = false;
     for _ in 0..100 {
-        let a = c1.call(&MetadataRequest::default().with_topics(None), 12).await.unwrap();
+        let a = c1
+            .call(&MetadataRequest::default().with_topics(None), 12)
+            .await
+            .unwrap();
         if a.brokers.len() == 1 {
             gone = true;
             break;

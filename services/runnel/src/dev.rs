@@ -1,4 +1,5 @@
-//! `runnel dev`: every role in one process.
+//! `runnel dev`: every role in one process (coordinator, storage, ingest
+//! and the Kafka edge).
 //!
 //! The metastore is embedded (a file in the data directory) and each role
 //! serves its own gRPC port on loopback; roles reach each other through those
@@ -29,6 +30,8 @@ pub struct DevConfig {
     pub coordinator_port: u16,
     pub storage_port: u16,
     pub ingest_port: u16,
+    /// The Kafka listener (the edge).
+    pub kafka_port: u16,
     /// Prometheus `/metrics` for the whole process; empty to disable.
     pub metrics_listen: String,
     /// A metastore URL instead of the embedded file (e.g. `etcd://…`).
@@ -48,6 +51,7 @@ impl Default for DevConfig {
             coordinator_port: 7400,
             storage_port: 7500,
             ingest_port: 7600,
+            kafka_port: 9092,
             metrics_listen: "127.0.0.1:9644".into(),
             metastore: None,
             flush: "always".into(),
@@ -63,6 +67,8 @@ pub struct DevCluster {
     pub coordinator: String,
     pub storage: String,
     pub ingest: String,
+    /// The Kafka bootstrap address (host:port).
+    pub kafka: String,
     pub store: Arc<dyn MetaStore>,
     stop: watch::Sender<bool>,
     tasks: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)>,
@@ -96,10 +102,12 @@ impl DevCluster {
         let coordinator_l = bind(config.coordinator_port).await?;
         let storage_l = bind(config.storage_port).await?;
         let ingest_l = bind(config.ingest_port).await?;
+        let kafka_l = bind(config.kafka_port).await?;
         let addr = |l: &TcpListener| l.local_addr().map(runnel_rpc::advertised_address);
         let coordinator = addr(&coordinator_l)?;
         let storage = addr(&storage_l)?;
         let ingest = addr(&ingest_l)?;
+        let kafka = addr(&kafka_l)?;
 
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)> = Vec::new();
@@ -157,10 +165,32 @@ impl DevCluster {
             }),
         ));
 
+        let e = runnel_edge::EdgeConfig {
+            node_id: 1,
+            metastore: metastore_url.clone(),
+            advertised_address: Some(kafka.clone()),
+            ingest_address: ingest.clone(),
+            coordinator_address: Some(coordinator.clone()),
+            auto_create_topics: config.auto_create_topics,
+            lease_ttl_secs: config.lease_ttl_secs,
+            ..Default::default()
+        };
+        let s = store.clone();
+        let rx = stop_rx.clone();
+        tasks.push((
+            "edge",
+            tokio::spawn(async move {
+                runnel_edge::serve(e, s, kafka_l, stopped(rx))
+                    .await
+                    .map_err(Into::into)
+            }),
+        ));
+
         let cluster = DevCluster {
             coordinator,
             storage,
             ingest,
+            kafka,
             store,
             stop,
             tasks,

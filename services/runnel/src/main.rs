@@ -35,6 +35,8 @@ enum Command {
     Storage(StorageArgs),
     /// Run an ingest instance (the gRPC write front door).
     Ingest(IngestArgs),
+    /// Run a Kafka edge (the Kafka wire protocol for standard clients).
+    Edge(EdgeArgs),
     /// Create, list, describe and delete topics.
     #[command(subcommand)]
     Topic(TopicCommand),
@@ -81,6 +83,19 @@ struct DevArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     host: Option<String>,
+    /// Kafka listener port (0 picks a free one).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kafka_port: Option<u16>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    coordinator_port: Option<u16>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    storage_port: Option<u16>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ingest_port: Option<u16>,
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     metrics_listen: Option<String>,
@@ -136,6 +151,32 @@ struct IngestArgs {
     #[command(flatten)]
     #[serde(flatten)]
     role: RoleArgs,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    auto_create_topics: Option<bool>,
+}
+
+#[derive(Args, Debug, Serialize)]
+struct EdgeArgs {
+    #[command(flatten)]
+    #[serde(flatten)]
+    role: RoleArgs,
+    /// Broker id, unique among edges.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    node_id: Option<i32>,
+    /// host:port Kafka clients should connect to.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    advertised_address: Option<String>,
+    /// An ingest instance's gRPC address.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ingest_address: Option<String>,
+    /// A coordinator's gRPC address (default: the active controller's).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    coordinator_address: Option<String>,
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     auto_create_topics: Option<bool>,
@@ -324,6 +365,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("  coordinator gRPC  {}", cluster.coordinator);
             println!("  storage gRPC      {}", cluster.storage);
             println!("  ingest gRPC       {}", cluster.ingest);
+            println!("  Kafka (edge)      {}", cluster.kafka);
             if !config.metrics_listen.is_empty() {
                 println!(
                     "  metrics           http://{}/metrics",
@@ -366,6 +408,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let store = runnel_metastore::open(&config.metastore).await?;
             let listener = bind(&config.listen).await?;
             runnel_ingest::serve(config, store, listener, runnel_rpc::shutdown_signal()).await?;
+            Ok(())
+        }
+        Command::Edge(args) => {
+            let _telemetry = runnel_telemetry::init("runnel-edge")?;
+            let config: runnel_edge::EdgeConfig =
+                settings::load(args.role.config.as_deref(), &args)?;
+            metrics(args.role.metrics_listen.clone(), "0.0.0.0:9701")?;
+            let store = runnel_metastore::open(&config.metastore).await?;
+            let listener = bind(&config.listen).await?;
+            runnel_edge::serve(config, store, listener, runnel_rpc::shutdown_signal()).await?;
             Ok(())
         }
         Command::Topic(cmd) => topic(cmd).await,

@@ -211,6 +211,7 @@ async fn suite(args: SuiteArgs) -> anyhow::Result<()> {
         coordinator_port: 0,
         storage_port: 0,
         ingest_port: 0,
+        kafka_port: 0,
         metrics_listen: String::new(),
         ..DevConfig::default()
     })

@@ -181,12 +181,14 @@ impl StorageService for StorageGrpc {
         let deadline = tokio::time::Instant::now() + max_wait;
         // Subscribe before the first read so an append between the read and
         // the wait still wakes us.
-        let mut watches: Vec<_> = req
-            .partitions
-            .iter()
-            .filter_map(|p| self.node.logs.get(&p.topic, p.partition))
-            .map(|log| log.subscribe())
-            .collect();
+        // `leader_log` opens a partition's log if the assignment just arrived,
+        // so a fetch on a brand-new partition waits for its first append.
+        let mut watches = Vec::with_capacity(req.partitions.len());
+        for p in &req.partitions {
+            if let Ok((log, _)) = self.node.leader_log(&p.topic, p.partition).await {
+                watches.push(log.subscribe());
+            }
+        }
         loop {
             let (results, total) = self.fetch_once(&req).await;
             let any_error = results.iter().any(|r| r.error != 0);

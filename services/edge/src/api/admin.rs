@@ -154,7 +154,8 @@ async fn create_one(
     t: create_topics_request::CreatableTopic,
     validate_only: bool,
 ) -> Result<coord::TopicInfo, KafkaError> {
-    validate_topic_name(name).map_err(|e| KafkaError::new(code::INVALID_TOPIC_EXCEPTION, e.to_string()))?;
+    validate_topic_name(name)
+        .map_err(|e| KafkaError::new(code::INVALID_TOPIC_EXCEPTION, e.to_string()))?;
     if !t.assignments.is_empty() {
         return Err(KafkaError::new(
             code::INVALID_REPLICA_ASSIGNMENT,
@@ -235,7 +236,10 @@ pub async fn delete_topics(
     let mut responses = Vec::with_capacity(wanted.len());
     for (name, id) in wanted {
         let outcome = match &name {
-            None => Err(KafkaError::new(code::UNKNOWN_TOPIC_ID, "no topic has this id")),
+            None => Err(KafkaError::new(
+                code::UNKNOWN_TOPIC_ID,
+                "no topic has this id",
+            )),
             Some(name) => delete_one(edge, name, req.timeout_ms).await,
         };
         let topic_id = match (&name, version >= 6) {
@@ -305,7 +309,8 @@ pub fn describe_configs(
                         code::UNKNOWN_TOPIC_OR_PARTITION
                     };
                     result.error_code = error;
-                    result.error_message = Some(str_bytes(format!("topic {name:?} does not exist")));
+                    result.error_message =
+                        Some(str_bytes(format!("topic {name:?} does not exist")));
                 }
                 Some(t) => {
                     let keys: Option<HashSet<String>> = r
@@ -315,7 +320,11 @@ pub fn describe_configs(
                         .into_iter()
                         .filter(|(key, _, _)| keys.as_ref().is_none_or(|ks| ks.contains(*key)))
                         .map(|(key, value, is_default)| {
-                            let source = if is_default { SOURCE_DEFAULT } else { SOURCE_TOPIC };
+                            let source = if is_default {
+                                SOURCE_DEFAULT
+                            } else {
+                                SOURCE_TOPIC
+                            };
                             let mut c = DescribeConfigsResourceResult::default()
                                 .with_name(str_bytes(key))
                                 .with_value(opt_str(&value))
@@ -328,9 +337,7 @@ pub fn describe_configs(
                                         .with_value(opt_str(&value))
                                         .with_source(source),
                                 ];
-                                if !is_default
-                                    && let Some(d) = topic_config::default_of(key)
-                                {
+                                if !is_default && let Some(d) = topic_config::default_of(key) {
                                     synonyms.push(
                                         DescribeConfigsSynonym::default()
                                             .with_name(str_bytes(key))
@@ -351,7 +358,10 @@ pub fn describe_configs(
             RESOURCE_BROKER | RESOURCE_BROKER_LOGGER => {
                 // Broker-level configs live in each role's own settings;
                 // none are exposed through Kafka's API yet.
-                if name.parse::<i32>().ok().is_some_and(|id| !edge.brokers().contains_key(&id))
+                if name
+                    .parse::<i32>()
+                    .ok()
+                    .is_some_and(|id| !edge.brokers().contains_key(&id))
                     && !name.is_empty()
                 {
                     result.error_code = code::INVALID_REQUEST;

@@ -176,8 +176,9 @@ pub async fn handle(ctx: &mut Ctx<'_>, req: FetchRequest, version: i16) -> Fetch
                     None => code::UNKNOWN_TOPIC_OR_PARTITION,
                     Some(state) => match md.nodes.get(&state.leader) {
                         None => code::NOT_LEADER_OR_FOLLOWER,
-                        Some(_) if p.current_leader_epoch >= 0
-                            && p.current_leader_epoch < state.leader_epoch =>
+                        Some(_)
+                            if p.current_leader_epoch >= 0
+                                && p.current_leader_epoch < state.leader_epoch =>
                         {
                             code::FENCED_LEADER_EPOCH
                         }
@@ -244,9 +245,10 @@ pub async fn handle(ctx: &mut Ctx<'_>, req: FetchRequest, version: i16) -> Fetch
                 .map(|(address, idxs)| call(address.clone(), idxs.clone(), 0)),
         )
         .await;
-        let (total, errors) = first.iter().map(outcome_bytes).fold((0, false), |a, b| {
-            (a.0 + b.0, a.1 || b.1)
-        });
+        let (total, errors) = first
+            .iter()
+            .map(outcome_bytes)
+            .fold((0, false), |a, b| (a.0 + b.0, a.1 || b.1));
         if total >= min_bytes as usize || errors || max_wait == 0 {
             first
         } else {

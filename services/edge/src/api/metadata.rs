@@ -132,7 +132,11 @@ pub async fn handle(ctx: &mut Ctx<'_>, req: MetadataRequest, version: i16) -> Me
             for wanted in list {
                 let name = match wanted.name {
                     Some(n) => n.0.to_string(),
-                    None => match md.topics.values().find(|t| topic_uuid(t) == wanted.topic_id) {
+                    None => match md
+                        .topics
+                        .values()
+                        .find(|t| topic_uuid(t) == wanted.topic_id)
+                    {
                         Some(t) => t.record.name.clone(),
                         None => {
                             ctx.note(code::UNKNOWN_TOPIC_ID);

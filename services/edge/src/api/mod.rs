@@ -66,24 +66,24 @@ pub async fn dispatch(
         Request::ListOffsets(r) => {
             encode(api, version, cid, &offsets::handle(ctx, r, version).await)
         }
-        Request::CreateTopics(r) => {
-            encode(api, version, cid, &admin::create_topics(ctx, r, version).await)
-        }
-        Request::DeleteTopics(r) => {
-            encode(api, version, cid, &admin::delete_topics(ctx, r, version).await)
-        }
-        Request::DescribeConfigs(r) => encode(
+        Request::CreateTopics(r) => encode(
             api,
             version,
             cid,
-            &admin::describe_configs(ctx, r, version),
+            &admin::create_topics(ctx, r, version).await,
         ),
-        Request::DescribeCluster(r) => encode(
+        Request::DeleteTopics(r) => encode(
             api,
             version,
             cid,
-            &admin::describe_cluster(ctx, r, version),
+            &admin::delete_topics(ctx, r, version).await,
         ),
+        Request::DescribeConfigs(r) => {
+            encode(api, version, cid, &admin::describe_configs(ctx, r, version))
+        }
+        Request::DescribeCluster(r) => {
+            encode(api, version, cid, &admin::describe_cluster(ctx, r, version))
+        }
         Request::InitProducerId(r) => {
             encode(api, version, cid, &producer_id::handle(ctx, r, version))
         }

@@ -59,7 +59,10 @@ pub async fn handle(
                     ts => ts,
                 },
             };
-            let error = match md.topic(name).and_then(|t| t.partitions.get(&p.partition_index)) {
+            let error = match md
+                .topic(name)
+                .and_then(|t| t.partitions.get(&p.partition_index))
+            {
                 None => code::UNKNOWN_TOPIC_OR_PARTITION,
                 Some(state) => match md.nodes.get(&state.leader) {
                     None => code::NOT_LEADER_OR_FOLLOWER,
@@ -73,7 +76,10 @@ pub async fn handle(
                         code::UNKNOWN_LEADER_EPOCH
                     }
                     Some(_) if q.timestamp == LATEST_TIERED => code::NONE,
-                    Some(_) if q.timestamp < MAX_TIMESTAMP || (q.timestamp == MAX_TIMESTAMP && version < 7) => {
+                    Some(_)
+                        if q.timestamp < MAX_TIMESTAMP
+                            || (q.timestamp == MAX_TIMESTAMP && version < 7) =>
+                    {
                         code::INVALID_REQUEST
                     }
                     Some(node) => {
@@ -116,7 +122,9 @@ pub async fn handle(
                 call.set_timeout(timeout);
                 let results = client.list_offsets(call).await?.into_inner().results;
                 if results.len() != idxs.len() {
-                    return Err(tonic::Status::internal("storage answered a different count"));
+                    return Err(tonic::Status::internal(
+                        "storage answered a different count",
+                    ));
                 }
                 Ok(results)
             }

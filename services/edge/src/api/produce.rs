@@ -5,9 +5,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use kafka_protocol::messages::produce_response::{
-    PartitionProduceResponse, TopicProduceResponse,
-};
+use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse, TopicName};
 use runnel_proto::ingest::v1 as pb;
 
@@ -55,7 +53,7 @@ pub async fn handle(
     version: i16,
 ) -> Option<ProduceResponse> {
     let acks = req.acks;
-    if !matches!(acks, 0 | 1 | -1) {
+    if !(-1..=1).contains(&acks) {
         ctx.note(code::INVALID_REQUIRED_ACKS);
         let msg = format!("acks must be 0, 1 or -1 (all), not {acks}");
         return Some(all_failed(&req, code::INVALID_REQUIRED_ACKS, &msg));
@@ -105,7 +103,9 @@ pub async fn handle(
     };
     let mut by_partition: HashMap<(&str, i32), &pb::PartitionResult> = HashMap::new();
     for r in &results {
-        by_partition.entry((r.topic.as_str(), r.partition)).or_insert(r);
+        by_partition
+            .entry((r.topic.as_str(), r.partition))
+            .or_insert(r);
     }
     let responses = req
         .topic_data

@@ -2,7 +2,7 @@
 //! metastore, with one or more edges in front, all on loopback ports.
 //! Shared by the edge's integration tests and `examples/edge_dev.rs`.
 
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -77,10 +77,8 @@ pub struct Cluster {
     _tmp: Option<tempfile::TempDir>,
 }
 
-fn stopped(mut rx: watch::Receiver<bool>) -> impl std::future::Future<Output = ()> + Send + 'static {
-    async move {
-        let _ = rx.wait_for(|v| *v).await;
-    }
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|v| *v).await;
 }
 
 async fn bind(host: &str, port: u16) -> anyhow::Result<(TcpListener, String)> {
@@ -243,7 +241,9 @@ impl KafkaConn {
     pub async fn read_frame(&mut self) -> anyhow::Result<Option<bytes::Bytes>> {
         use tokio::io::AsyncReadExt;
         let mut len = [0u8; 4];
-        match tokio::time::timeout(Duration::from_secs(30), self.stream.read_exact(&mut len)).await? {
+        match tokio::time::timeout(Duration::from_secs(30), self.stream.read_exact(&mut len))
+            .await?
+        {
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Ok(None),
@@ -302,7 +302,10 @@ impl KafkaConn {
             <T::Response as HeaderVersion>::header_version(version)
         };
         let header = ResponseHeader::decode(&mut frame, header_version)?;
-        anyhow::ensure!(header.correlation_id == correlation, "correlation id mismatch");
+        anyhow::ensure!(
+            header.correlation_id == correlation,
+            "correlation id mismatch"
+        );
         let response = <T::Response as Decodable>::decode(&mut frame, version)?;
         anyhow::ensure!(frame.is_empty(), "{} bytes after the response", frame.len());
         Ok(response)
