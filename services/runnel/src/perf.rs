@@ -48,6 +48,9 @@ pub struct SuiteArgs {
     /// Produce requests in flight at once (1 = one fsync per batch).
     #[arg(long, default_value_t = 1)]
     pub concurrency: usize,
+    /// Storage flush policy for the run: always (fsync before ack), interval, os.
+    #[arg(long, default_value = "always")]
+    pub flush: String,
     /// Print the results as JSON too.
     #[arg(long)]
     pub json: bool,
@@ -204,8 +207,8 @@ async fn suite(args: SuiteArgs) -> anyhow::Result<()> {
         tokio::task::spawn_blocking(move || disk_baseline(&dir, batch_bytes, duration)).await??;
     disk.print();
 
-    // 2. Produce through ingest into a one-partition topic, acks=all, fsync
-    //    before ack.
+    // 2. Produce into a one-partition topic, acks=all, fsync before ack:
+    //    straight to the leader, then through ingest as clients do.
     let cluster = DevCluster::start(DevConfig {
         data_dir: data_dir.join("cluster"),
         coordinator_port: 0,
@@ -213,6 +216,7 @@ async fn suite(args: SuiteArgs) -> anyhow::Result<()> {
         ingest_port: 0,
         kafka_port: 0,
         metrics_listen: String::new(),
+        flush: args.flush.clone(),
         ..DevConfig::default()
     })
     .await?;
@@ -224,27 +228,50 @@ async fn suite(args: SuiteArgs) -> anyhow::Result<()> {
         )
         .await?;
     let (batch, per_batch) = perf_batch(args.batch_bytes, args.record_bytes)?;
-    let produce = produce_phase(
-        &cluster.ingest,
+    let direct = produce_phase(
+        &cluster.storage,
+        Route::Storage,
         batch.clone(),
         per_batch,
         args.concurrency,
         duration,
+        "append direct to storage",
+    )
+    .await?;
+    direct.print();
+    let produce = produce_phase(
+        &cluster.ingest,
+        Route::Ingest,
+        batch.clone(),
+        per_batch,
+        args.concurrency,
+        duration,
+        &format!("produce acks=all flush={}", args.flush),
     )
     .await?;
     produce.print();
 
     // 3. Consume it all back from the leader: raw fetch (what the Kafka edge
     //    passes through) and with record decoding (what a native consumer does).
-    let fetch = consume_phase(&cluster.storage, produce.records, false).await?;
+    let total = direct.records + produce.records;
+    let fetch = consume_phase(&cluster.storage, total, false).await?;
+    // Consumers read everything written: compare with the produce rate.
     fetch.print();
-    let decoded = consume_phase(&cluster.storage, produce.records, true).await?;
+    let decoded = consume_phase(&cluster.storage, total, true).await?;
     decoded.print();
 
     println!();
     println!(
         "produce / disk ceiling        {:.2}x",
         produce.mb_per_s / disk.mb_per_s
+    );
+    println!(
+        "direct append / disk ceiling  {:.2}x",
+        direct.mb_per_s / disk.mb_per_s
+    );
+    println!(
+        "produce / direct append       {:.2}x",
+        produce.mb_per_s / direct.mb_per_s
     );
     println!(
         "consume (raw) / produce       {:.2}x",
@@ -261,7 +288,7 @@ async fn suite(args: SuiteArgs) -> anyhow::Result<()> {
                 "batch_bytes": args.batch_bytes,
                 "record_bytes": args.record_bytes,
                 "concurrency": args.concurrency,
-                "phases": [disk, produce, fetch, decoded],
+                "phases": [disk, direct, produce, fetch, decoded],
             }))?
         );
     }
@@ -269,20 +296,35 @@ async fn suite(args: SuiteArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Where the produce phase sends its batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    /// Through ingest, as clients do (two gRPC hops).
+    Ingest,
+    /// Straight to the partition leader's `Append` (one hop): the same-run
+    /// baseline that shows what the ingest hop costs.
+    Storage,
+}
+
 async fn produce_phase(
-    ingest: &str,
+    address: &str,
+    route: Route,
     batch: Bytes,
     per_batch: u64,
     concurrency: usize,
     duration: Duration,
+    name: &str,
 ) -> anyhow::Result<Phase> {
-    let client = IngestServiceClient::new(runnel_rpc::lazy_channel(ingest)?)
+    let channel = runnel_rpc::lazy_channel(address)?;
+    let ingest = IngestServiceClient::new(channel.clone())
         .max_encoding_message_size(runnel_rpc::MAX_MESSAGE_BYTES);
+    let storage =
+        StorageServiceClient::new(channel).max_encoding_message_size(runnel_rpc::MAX_MESSAGE_BYTES);
     let start = Instant::now();
     let results = Arc::new(tokio::sync::Mutex::new(histogram()?));
     let mut tasks = Vec::new();
     for _ in 0..concurrency.max(1) {
-        let mut client = client.clone();
+        let (mut ingest, mut storage) = (ingest.clone(), storage.clone());
         let batch = batch.clone();
         let results = results.clone();
         tasks.push(tokio::spawn(async move {
@@ -290,20 +332,42 @@ async fn produce_phase(
             let mut batches = 0u64;
             while start.elapsed() < duration {
                 let t = Instant::now();
-                let response = client
-                    .produce(pb::ProduceRequest {
-                        partitions: vec![pb::TopicPartitionBatches {
-                            topic: "perf".into(),
-                            partition: 0,
-                            batches: batch.clone(),
-                        }],
-                        acks: -1,
-                        timeout_ms: 30_000,
-                    })
-                    .await?
-                    .into_inner();
-                if let Some(r) = response.results.iter().find(|r| r.error != 0) {
-                    anyhow::bail!("produce failed: {}", r.error_message);
+                let failure = match route {
+                    Route::Ingest => ingest
+                        .produce(pb::ProduceRequest {
+                            partitions: vec![pb::TopicPartitionBatches {
+                                topic: "perf".into(),
+                                partition: 0,
+                                batches: batch.clone(),
+                            }],
+                            acks: -1,
+                            timeout_ms: 30_000,
+                        })
+                        .await?
+                        .into_inner()
+                        .results
+                        .into_iter()
+                        .find(|r| r.error != 0)
+                        .map(|r| r.error_message),
+                    Route::Storage => storage
+                        .append(st::AppendRequest {
+                            partitions: vec![st::PartitionBatches {
+                                topic: "perf".into(),
+                                partition: 0,
+                                batches: batch.clone(),
+                            }],
+                            acks: -1,
+                            timeout_ms: 30_000,
+                        })
+                        .await?
+                        .into_inner()
+                        .results
+                        .into_iter()
+                        .find(|r| r.error != 0)
+                        .map(|r| r.error_message),
+                };
+                if let Some(message) = failure {
+                    anyhow::bail!("produce failed: {message}");
                 }
                 local.record(t.elapsed().as_micros().max(1) as u64)?;
                 batches += 1;
@@ -319,7 +383,7 @@ async fn produce_phase(
     let elapsed = start.elapsed();
     let h = results.lock().await;
     Ok(Phase::new(
-        "produce acks=all (fsync)",
+        name,
         elapsed,
         batches * batch.len() as u64,
         batches * per_batch,

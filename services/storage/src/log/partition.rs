@@ -418,13 +418,28 @@ impl PartitionLog {
         let now = now_ms();
         let inner = self.inner.clone();
         let write_config = config.clone();
-        let (base_offset, end) = tokio::task::spawn_blocking(move || {
-            let _guard = guard;
-            inner.write_batches(batches, leader_epoch, now, &write_config)
+        let sync_now = config.flush == FlushPolicy::EveryAppend;
+        let (base_offset, end, synced) = tokio::task::spawn_blocking(move || {
+            let written = inner.write_batches(batches, leader_epoch, now, &write_config);
+            // The next append may write while this one waits for its fsync.
+            drop(guard);
+            let (base, end) = written?;
+            // When no fsync is running, do it on this thread: handing it to
+            // another blocking thread costs a wake-up per append (measured:
+            // ~10% of a 64 KiB acks=all produce). Otherwise join the running
+            // group commit below.
+            if sync_now && let Ok(_flushing) = inner.flush_lock.try_lock() {
+                if inner.flushed.load(Ordering::Acquire) < end {
+                    inner.sync_active()?;
+                }
+                return Ok((base, end, true));
+            }
+            Ok((base, end, false))
         })
         .await
         .map_err(LogError::join)??;
         match config.flush {
+            FlushPolicy::EveryAppend if synced => {}
             FlushPolicy::EveryAppend => self.flush_to(end).await?,
             FlushPolicy::Interval(every) => self.schedule_flush(every),
             FlushPolicy::Os => {}
