@@ -19,6 +19,8 @@ cargo build --workspace --all-targets --locked
 echo "== Rust tests (unit, integration, end to end)"
 cargo test --workspace --locked
 
-echo "== Kafka client tests (confluent-kafka, kafka-python, kcat) against runnel dev"
-./tests/python/run_edge_tests.sh
+echo "== Kafka client tests (confluent-kafka, kafka-python, aiokafka, kcat) against runnel dev"
+RUNNEL_TOPOLOGY=dev ./tests/python/run_edge_tests.sh
+echo "== the same against separate processes: etcd, coordinator, 2 storage nodes, ingest, 2 edges"
+RUNNEL_TOPOLOGY=processes ./tests/python/run_edge_tests.sh
 echo "== all tests passed"

@@ -37,7 +37,7 @@ if [ ! -x "$VENV/bin/python" ]; then
   echo "setup: creating $VENV"
   python3 -m venv "$VENV"
 fi
-if ! "$VENV/bin/python" -c "import confluent_kafka, kafka, pytest, snappy, lz4, zstandard" >/dev/null 2>&1; then
+if ! "$VENV/bin/python" -c "import confluent_kafka, kafka, aiokafka, pytest, snappy, lz4, zstandard" >/dev/null 2>&1; then
   echo "setup: installing Python Kafka clients (tests/python/requirements.txt)"
   "$VENV/bin/pip" install -q --disable-pip-version-check -r tests/python/requirements.txt
 fi

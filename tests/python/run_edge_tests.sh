@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Runs the Kafka-client tests of the edge (tests/python/test_edge_*.py).
 #
-# Without RUNNEL_KAFKA_BOOTSTRAP it starts `runnel dev` (every role and the
-# edge in one process, as a user runs it) on free loopback ports with a
-# throw-away data directory, runs the tests against its Kafka listener, and
-# stops it. With RUNNEL_KAFKA_BOOTSTRAP=host:port set it runs them against
-# that edge instead.
+# Without RUNNEL_KAFKA_BOOTSTRAP it starts runnel on free loopback ports with
+# throw-away data, runs the tests against it, and stops it:
+#   RUNNEL_TOPOLOGY=dev (default)  `runnel dev`, every role in one process;
+#   RUNNEL_TOPOLOGY=processes      real etcd, a coordinator, two storage
+#                                  nodes, ingest and two edges, each its own
+#                                  process; clients bootstrap from both edges.
+# With RUNNEL_KAFKA_BOOTSTRAP=host:port set it runs them against that edge.
 # Extra arguments go to pytest (e.g. -k confluent -x).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -15,38 +17,85 @@ venv=${RUNNEL_PY_VENV:-$here/.venv}
 if [ ! -x "$venv/bin/python" ]; then
     python3 -m venv "$venv"
 fi
-"$venv/bin/python" -c "import confluent_kafka, kafka, pytest, snappy, lz4, zstandard" 2>/dev/null ||
+"$venv/bin/python" -c "import confluent_kafka, kafka, aiokafka, pytest, snappy, lz4, zstandard" 2>/dev/null ||
     "$venv/bin/pip" install -q -r "$here/requirements.txt"
 if ! command -v kcat >/dev/null && ! command -v kafkacat >/dev/null; then
     echo "kcat is not installed: apt-get install -y kcat" >&2
     exit 1
 fi
 
+free_port() {
+    "$venv/bin/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# Waits until a command succeeds (60 s), showing the logs if it never does.
+wait_for() {
+    for _ in $(seq 1 600); do
+        if "$@" >/dev/null 2>&1; then return 0; fi
+        sleep 0.1
+    done
+    echo "timed out waiting for: $*" >&2
+    for f in "$work"/*.log; do echo "== $f" >&2; tail -20 "$f" >&2; done
+    exit 1
+}
+
 if [ -z "${RUNNEL_KAFKA_BOOTSTRAP:-}" ]; then
-    # What a user runs: `runnel dev`, on free ports and a throw-away data dir.
     runnel=${RUNNEL_BIN:-$root/target/debug/runnel}
     if [ ! -x "$runnel" ]; then (cd "$root" && cargo build -q -p runnel); fi
     work=$(mktemp -d)
-    "$runnel" dev --data-dir "$work/data" --coordinator-port 0 --storage-port 0 \
-        --ingest-port 0 --kafka-port 0 --metrics-listen "" >"$work/out" 2>"$work/err" &
-    pid=$!
-    trap 'kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true; rm -rf "$work"' EXIT
-    for _ in $(seq 1 600); do
-        if grep -q 'Kafka (edge)' "$work/out"; then break; fi
-        if ! kill -0 "$pid" 2>/dev/null; then
-            echo "runnel dev exited during start-up:" >&2
-            cat "$work/err" >&2
-            exit 1
-        fi
-        sleep 0.1
-    done
-    RUNNEL_KAFKA_BOOTSTRAP=$(awk '/Kafka \(edge\)/ {print $3}' "$work/out" | head -1)
-    if [ -z "$RUNNEL_KAFKA_BOOTSTRAP" ]; then
-        echo "runnel dev did not start in 60 s; its log:" >&2
-        tail -50 "$work/err" >&2
+    pids=()
+    trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done; wait 2>/dev/null || true; rm -rf "$work"' EXIT
+    case "${RUNNEL_TOPOLOGY:-dev}" in
+    dev)
+        # What a user runs first: `runnel dev`, on free ports.
+        "$runnel" dev --data-dir "$work/data" --coordinator-port 0 --storage-port 0 \
+            --ingest-port 0 --kafka-port 0 --metrics-listen "" >"$work/dev.out" 2>"$work/dev.log" &
+        pids+=($!)
+        wait_for grep -q 'Kafka (edge)' "$work/dev.out"
+        RUNNEL_KAFKA_BOOTSTRAP=$(awk '/Kafka \(edge\)/ {print $3}' "$work/dev.out" | head -1)
+        ;;
+    processes)
+        # A deployment: real etcd, every role its own process, two storage
+        # nodes and two edges; clients bootstrap from both edges.
+        command -v etcd >/dev/null || { echo "etcd is not installed: run tests/setup.sh" >&2; exit 1; }
+        ep=$(free_port); pp=$(free_port)
+        etcd --name n0 --data-dir "$work/etcd" --listen-client-urls "http://127.0.0.1:$ep" \
+            --advertise-client-urls "http://127.0.0.1:$ep" --listen-peer-urls "http://127.0.0.1:$pp" \
+            --initial-advertise-peer-urls "http://127.0.0.1:$pp" \
+            --initial-cluster "n0=http://127.0.0.1:$pp" >"$work/etcd.log" 2>&1 &
+        pids+=($!)
+        ms="etcd://127.0.0.1:$ep"
+        common=(--metastore "$ms" --cluster "py-$$" --metrics-listen "")
+        cp=$(free_port); ip=$(free_port)
+        "$runnel" coordinator --listen "127.0.0.1:$cp" --lease-ttl-secs 3 "${common[@]}" >"$work/coordinator.log" 2>&1 &
+        pids+=($!)
+        for n in 1 2; do
+            sp=$(free_port)
+            "$runnel" storage --node-id "$n" --data-dir "$work/storage-$n" --listen "127.0.0.1:$sp" \
+                --lease-ttl-secs 3 "${common[@]}" >"$work/storage-$n.log" 2>&1 &
+            pids+=($!)
+        done
+        "$runnel" ingest --listen "127.0.0.1:$ip" "${common[@]}" >"$work/ingest.log" 2>&1 &
+        pids+=($!)
+        edges=()
+        for n in 1 2; do
+            kp=$(free_port)
+            "$runnel" edge --node-id "$n" --listen "127.0.0.1:$kp" --ingest-address "127.0.0.1:$ip" \
+                --coordinator-address "127.0.0.1:$cp" "${common[@]}" >"$work/edge-$n.log" 2>&1 &
+            pids+=($!)
+            edges+=("127.0.0.1:$kp")
+        done
+        # Ready when a topic with a partition per storage node could be made.
+        wait_for "$runnel" topic create probe --partitions 2 --validate-only --coordinator "127.0.0.1:$cp"
+        wait_for kcat -b "${edges[0]}" -L -m 2
+        RUNNEL_KAFKA_BOOTSTRAP=$(IFS=,; echo "${edges[*]}")
+        ;;
+    *)
+        echo "RUNNEL_TOPOLOGY must be dev or processes" >&2
         exit 1
-    fi
-    echo "runnel dev serving Kafka on $RUNNEL_KAFKA_BOOTSTRAP"
+        ;;
+    esac
+    echo "runnel (${RUNNEL_TOPOLOGY:-dev}) serving Kafka on $RUNNEL_KAFKA_BOOTSTRAP"
     export RUNNEL_KAFKA_BOOTSTRAP
 fi
 
