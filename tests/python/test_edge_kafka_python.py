@@ -30,7 +30,7 @@ def consume(c, expected, timeout=120):
 
 def test_keyed_records_with_headers_in_order(bootstrap, new_topic):
     topic = new_topic("kp-keyed", partitions=12)
-    n, keys = 20_000, 500
+    n, keys = 100_000, 500
     p = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20)
     seq = defaultdict(int)
     futures = []
