@@ -174,12 +174,18 @@ ln "$BINARY" "$ctx/deploy/docker/prebuilt/runnel" 2>/dev/null || cp "$BINARY" "$
 if ! docker buildx version >/dev/null 2>&1; then
   export DOCKER_BUILDKIT=0
 fi
+previous="$(docker image inspect -f '{{.Id}}' "$RUNNEL_TAG" 2>/dev/null || true)"
 log "$RUNNEL_TAG: docker build --target local (binary $(date -r "$BINARY" '+%F %T'))"
 if ! docker build --quiet --target local \
   --build-arg RUNTIME_IMAGE="$BASE_TAG" \
   -f "$ROOT/deploy/docker/Dockerfile" -t "$RUNNEL_TAG" "$ctx" >"$WORK/build.log" 2>&1; then
   cat "$WORK/build.log" >&2
   die "docker build of $RUNNEL_TAG failed (log above)"
+fi
+# Each new binary leaves the previous image untagged (~200 MB): remove it
+# unless a container still uses it.
+if [ -n "$previous" ] && [ "$previous" != "$(docker image inspect -f '{{.Id}}' "$RUNNEL_TAG")" ]; then
+  docker rmi "$previous" >/dev/null 2>&1 || true
 fi
 
 # Each image must run what compose.yaml asks of it.
@@ -199,4 +205,4 @@ for tag in "$BASE_TAG" "$ETCD_TAG" ${prom_version:+"$PROMETHEUS_TAG"} "$RUNNEL_T
     "$(docker image inspect -f '{{.Size}}' "$tag" | awk '{printf "%d MB", $1/1000000}')"
 done
 echo "  ($version; $etcd_version${prom_version:+; $prom_version})"
-echo "use them with: RUNNEL_IMAGE=$RUNNEL_TAG ETCD_IMAGE=$ETCD_TAG PROMETHEUS_IMAGE=$PROMETHEUS_TAG docker compose up -d"
+echo "use them with: RUNNEL_IMAGE=$RUNNEL_TAG ETCD_IMAGE=$ETCD_TAG${prom_version:+ PROMETHEUS_IMAGE=$PROMETHEUS_TAG} docker compose up -d"

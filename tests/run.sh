@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The one test command (README, CI): installs what the tests need, checks
 # formatting and lints, builds, then runs every test — unit, integration
-# against real etcd and real runnel processes, and real Kafka clients against
-# the edge.
+# against real etcd and real runnel processes, real Kafka clients against the
+# edge (in `runnel dev` and as separate processes), and the compose stack.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,4 +23,6 @@ echo "== Kafka client tests (confluent-kafka, kafka-python, aiokafka, kcat) agai
 RUNNEL_TOPOLOGY=dev ./tests/python/run_edge_tests.sh
 echo "== the same against separate processes: etcd, coordinator, 2 storage nodes, ingest, 2 edges"
 RUNNEL_TOPOLOGY=processes ./tests/python/run_edge_tests.sh
+echo "== compose stack: local images, Kafka clients from the host, failover, crash recovery"
+./tests/compose/test.sh
 echo "== all tests passed"

@@ -2,6 +2,7 @@
 # Installs what runnel's tests need on a fresh Debian/Ubuntu machine:
 #   - etcd (the real metastore the integration tests start),
 #   - kcat (a librdkafka command-line client),
+#   - promtool and debootstrap (the compose test),
 #   - a Python virtualenv with Kafka clients and pytest (tests/python/.venv).
 # protoc is not needed: the build uses the vendored one (see .cargo/config.toml).
 # Safe to run again: it installs only what is missing.
@@ -18,6 +19,10 @@ fi
 need_apt=()
 command -v etcd >/dev/null 2>&1 || need_apt+=(etcd-server)
 command -v kcat >/dev/null 2>&1 || need_apt+=(kcat)
+# The compose test: promtool checks the alert rules, debootstrap builds the
+# local base images (no container registry needed).
+command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
+command -v debootstrap >/dev/null 2>&1 || [ -x /usr/sbin/debootstrap ] || need_apt+=(debootstrap)
 if [ "${#need_apt[@]}" -gt 0 ]; then
   if command -v apt-get >/dev/null 2>&1; then
     echo "setup: installing ${need_apt[*]}"
@@ -25,7 +30,9 @@ if [ "${#need_apt[@]}" -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
     # The Debian package starts a system etcd on 2379; the tests start their
     # own on free ports and do not need it.
-    if command -v systemctl >/dev/null 2>&1; then $SUDO systemctl disable --now etcd >/dev/null 2>&1 || true; fi
+    if command -v systemctl >/dev/null 2>&1; then
+      $SUDO systemctl disable --now etcd prometheus >/dev/null 2>&1 || true
+    fi
   else
     echo "setup: please install: ${need_apt[*]}" >&2
     exit 1
