@@ -19,7 +19,7 @@ def bootstrap():
         pytest.fail(
             "RUNNEL_KAFKA_BOOTSTRAP is not set: start an edge, e.g. "
             "`tests/python/run_edge_tests.sh`, or "
-            "`cargo run -p runnel-edge --example edge_dev` and export "
+            "`cargo run -p runnel -- dev` and export "
             "RUNNEL_KAFKA_BOOTSTRAP=127.0.0.1:9092",
             pytrace=False,
         )

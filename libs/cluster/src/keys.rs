@@ -8,6 +8,7 @@
 //! | `nodes/<id>` | [`NodeRecord`](crate::NodeRecord), under the node's lease |
 //! | `topics/<name>` | [`TopicRecord`](crate::TopicRecord) |
 //! | `partitions/<name>/<p>` | [`PartitionRecord`](crate::PartitionRecord) |
+//! | `edges/<id>` | [`EdgeRecord`](crate::model::EdgeRecord), under the Kafka edge's lease |
 
 #[derive(Debug, Clone)]
 pub struct Keys {
@@ -53,6 +54,16 @@ impl Keys {
         format!("{}partitions/{topic}/{partition}", self.root)
     }
 
+    /// Prefix of the live Kafka edges (each edge instance is one broker to
+    /// Kafka clients).
+    pub fn edges_prefix(&self) -> String {
+        format!("{}edges/", self.root)
+    }
+    /// A Kafka edge's registration, by its broker id.
+    pub fn edge(&self, id: i32) -> String {
+        format!("{}edges/{id}", self.root)
+    }
+
     /// Classifies a key under the root.
     pub fn parse<'a>(&self, key: &'a str) -> Option<KeyKind<'a>> {
         let rest = key.strip_prefix(self.root.as_str())?;
@@ -72,6 +83,9 @@ impl Keys {
             let (topic, p) = tp.rsplit_once('/')?;
             return p.parse().ok().map(|p| KeyKind::Partition(topic, p));
         }
+        if let Some(id) = rest.strip_prefix("edges/") {
+            return id.parse().ok().map(KeyKind::Edge);
+        }
         None
     }
 }
@@ -84,6 +98,8 @@ pub enum KeyKind<'a> {
     Node(i32),
     Topic(&'a str),
     Partition(&'a str, i32),
+    /// A Kafka edge, by broker id.
+    Edge(i32),
 }
 
 #[cfg(test)]
@@ -100,6 +116,9 @@ mod tests {
             Some(KeyKind::Partition("a-b", 11))
         );
         assert_eq!(k.parse(&k.controller()), Some(KeyKind::Controller));
+        assert_eq!(k.parse(&k.edge(7)), Some(KeyKind::Edge(7)));
+        assert!(k.edge(7).starts_with(&k.edges_prefix()));
+        assert_eq!(k.parse(&format!("{}x", k.edges_prefix())), None);
         assert_eq!(k.parse("/runnel/other/nodes/1"), None);
     }
 }

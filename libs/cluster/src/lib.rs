@@ -15,7 +15,8 @@ pub mod watcher;
 
 pub use keys::Keys;
 pub use model::{
-    ClusterMetadata, ControllerRecord, NodeRecord, PartitionRecord, TopicRecord, TopicState,
+    ClusterMetadata, ControllerRecord, EdgeRecord, NodeRecord, PartitionRecord, TopicRecord,
+    TopicState,
 };
 pub use topic_config::{ConfigError, TopicConfig};
 pub use watcher::MetadataWatcher;

@@ -26,6 +26,19 @@ pub struct ControllerRecord {
     pub elected_at_ms: i64,
 }
 
+/// A live Kafka edge as clients should reach it (its key exists only while
+/// the edge keeps its lease alive). Each edge is one broker to Kafka clients.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EdgeRecord {
+    /// The broker id clients see, unique among the cluster's edges.
+    pub node_id: i32,
+    /// Host and port of the edge's Kafka listener, as clients should dial it.
+    pub host: String,
+    pub port: i32,
+    #[serde(default)]
+    pub started_at_ms: i64,
+}
+
 /// A topic as created; partitions are stored separately.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TopicRecord {
@@ -76,6 +89,8 @@ pub struct ClusterMetadata {
     pub topics: BTreeMap<String, TopicState>,
     /// Partition records whose topic record is not (or no longer) there.
     pub orphan_partitions: BTreeMap<String, BTreeMap<i32, PartitionRecord>>,
+    /// Live Kafka edges by broker id.
+    pub edges: BTreeMap<i32, EdgeRecord>,
 }
 
 impl ClusterMetadata {

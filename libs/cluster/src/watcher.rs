@@ -198,6 +198,11 @@ pub fn apply(md: &mut ClusterMetadata, keys: &Keys, event: &WatchEvent) {
                     }
                 }
             }
+            KeyKind::Edge(id) => {
+                if let Some(edge) = decode::<crate::model::EdgeRecord>(kv) {
+                    md.edges.insert(id, edge);
+                }
+            }
         },
         WatchEvent::Delete { .. } => match kind {
             KeyKind::ClusterId => md.cluster_id = None,
@@ -224,6 +229,43 @@ pub fn apply(md: &mut ClusterMetadata, keys: &Keys, event: &WatchEvent) {
                     }
                 }
             }
+            KeyKind::Edge(id) => {
+                md.edges.remove(&id);
+            }
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::model::EdgeRecord;
+
+    #[test]
+    fn edges_come_and_go() {
+        let keys = Keys::new("c");
+        let mut md = ClusterMetadata::default();
+        let edge = EdgeRecord {
+            node_id: 3,
+            host: "h".into(),
+            port: 9092,
+            started_at_ms: 1,
+        };
+        let put = WatchEvent::Put(KeyValue {
+            key: keys.edge(3),
+            value: serde_json::to_vec(&edge).unwrap().into(),
+            create_revision: 1,
+            mod_revision: 1,
+            lease: Some(1),
+        });
+        apply(&mut md, &keys, &put);
+        assert_eq!(md.edges.get(&3), Some(&edge));
+        let delete = WatchEvent::Delete {
+            key: keys.edge(3),
+            mod_revision: 2,
+        };
+        apply(&mut md, &keys, &delete);
+        assert!(md.edges.is_empty());
     }
 }

@@ -1,89 +1,66 @@
-//! Edge instances find each other through the metastore: each keeps a record
-//! under `/runnel/<cluster>/edges/<node_id>` alive with a lease, and follows
-//! the others, so Metadata lists every live edge as a broker and a client
-//! that loses one edge carries on through another.
+//! Edge instances find each other through the metastore: each keeps its
+//! [`EdgeRecord`] under `edges/<node_id>` (see `runnel_cluster::keys`) alive
+//! with a lease, and the cluster's [`MetadataWatcher`] follows the others, so
+//! Metadata lists every live edge as a broker and a client that loses one
+//! edge carries on through another.
+//!
+//! [`MetadataWatcher`]: runnel_cluster::MetadataWatcher
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::StreamExt;
-use runnel_metastore::{MetaError, MetaStore, WatchEvent};
-use serde::{Deserialize, Serialize};
+use runnel_cluster::Keys;
+pub use runnel_cluster::model::EdgeRecord;
+use runnel_metastore::{MetaError, MetaStore};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-/// One live edge as clients should reach it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EdgeRecord {
-    pub node_id: i32,
-    pub host: String,
-    pub port: i32,
-    #[serde(default)]
-    pub started_at_ms: i64,
-}
-
-/// The live edges, kept current in the background; tasks stop on drop.
+/// This edge's registration, kept alive in the background; the task stops on
+/// drop.
 #[derive(Debug)]
 pub struct Registry {
-    rx: watch::Receiver<BTreeMap<i32, EdgeRecord>>,
-    tasks: Vec<JoinHandle<()>>,
+    task: Option<JoinHandle<()>>,
 }
 
 impl Drop for Registry {
     fn drop(&mut self) {
-        for t in &self.tasks {
+        if let Some(t) = &self.task {
             t.abort();
         }
     }
 }
 
-fn prefix(cluster_root: &str) -> String {
-    format!("{cluster_root}edges/")
-}
-
 impl Registry {
-    /// Registers `me` and starts following the other edges. `stop` ends the
-    /// registration (the lease is revoked so peers drop this edge at once).
+    /// Registers `me`. `stop` ends the registration (the lease is revoked so
+    /// peers drop this edge at once).
     pub fn start(
         store: Arc<dyn MetaStore>,
-        cluster_root: &str,
+        keys: &Keys,
         me: EdgeRecord,
         ttl: Duration,
         stop: watch::Receiver<bool>,
     ) -> Self {
-        let prefix = prefix(cluster_root);
-        let (tx, rx) = watch::channel(BTreeMap::new());
-        let follow = tokio::spawn(follow(store.clone(), prefix.clone(), tx));
-        let register = tokio::spawn(keep_registered(store, prefix, me, ttl, stop));
-        Registry {
-            rx,
-            tasks: vec![follow, register],
-        }
-    }
-
-    /// The live edges as last seen.
-    pub fn live(&self) -> BTreeMap<i32, EdgeRecord> {
-        self.rx.borrow().clone()
+        let key = keys.edge(me.node_id);
+        let task = tokio::spawn(keep_registered(store, key, me, ttl, stop));
+        Registry { task: Some(task) }
     }
 
     /// Waits for the registration task to revoke its lease (after `stop`).
     pub async fn finish(mut self) {
-        if let Some(register) = self.tasks.pop() {
-            let _ = tokio::time::timeout(Duration::from_secs(5), register).await;
+        if let Some(task) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
         }
     }
 }
 
 async fn keep_registered(
     store: Arc<dyn MetaStore>,
-    prefix: String,
+    key: String,
     me: EdgeRecord,
     ttl: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
-    let key = format!("{prefix}{}", me.node_id);
     let value = Bytes::from(serde_json::to_vec(&me).unwrap_or_default());
     let ttl = ttl.max(Duration::from_secs(2));
     loop {
@@ -125,60 +102,5 @@ async fn keep_registered(
                 },
             }
         }
-    }
-}
-
-fn node_id_of(prefix: &str, key: &str) -> Option<i32> {
-    key.strip_prefix(prefix)?.parse().ok()
-}
-
-async fn follow(
-    store: Arc<dyn MetaStore>,
-    prefix: String,
-    tx: watch::Sender<BTreeMap<i32, EdgeRecord>>,
-) {
-    loop {
-        let (kvs, revision) = match store.range(&prefix).await {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(error = %e, "listing edges failed; retrying");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                continue;
-            }
-        };
-        let mut edges: BTreeMap<i32, EdgeRecord> = kvs
-            .iter()
-            .filter_map(|kv| serde_json::from_slice::<EdgeRecord>(&kv.value).ok())
-            .map(|r| (r.node_id, r))
-            .collect();
-        tx.send_replace(edges.clone());
-        match store.watch(&prefix, revision).await {
-            Ok(mut stream) => {
-                while let Some(event) = stream.next().await {
-                    match event {
-                        Ok(WatchEvent::Put(kv)) => {
-                            if let Ok(r) = serde_json::from_slice::<EdgeRecord>(&kv.value) {
-                                edges.insert(r.node_id, r);
-                            }
-                        }
-                        Ok(WatchEvent::Delete { key, .. }) => {
-                            if let Some(id) = node_id_of(&prefix, &key) {
-                                edges.remove(&id);
-                            }
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "edge watch failed; reloading");
-                            break;
-                        }
-                    }
-                    tx.send_replace(edges.clone());
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "edge watch could not start; retrying"),
-        }
-        if tx.is_closed() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }

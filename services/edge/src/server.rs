@@ -79,7 +79,7 @@ pub async fn serve(
     let (stop_tx, stop_rx) = watch::channel(false);
     let registry = Registry::start(
         store,
-        keys.root(),
+        &keys,
         me.clone(),
         Duration::from_secs(config.lease_ttl_secs),
         stop_rx.clone(),

@@ -55,7 +55,7 @@ impl Edge {
 
     /// Every live edge, this one included, by broker id.
     pub fn brokers(&self) -> BTreeMap<i32, EdgeRecord> {
-        let mut all = self.registry.live();
+        let mut all = self.metadata().edges.clone();
         all.insert(self.me.node_id, self.me.clone());
         all
     }

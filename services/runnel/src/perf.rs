@@ -28,6 +28,11 @@ pub enum PerfCommand {
     Suite(SuiteArgs),
     /// Only the disk baseline: write + fdatasync of one batch size.
     Disk(DiskArgs),
+    /// Native gRPC workloads shaped like librdkafka's `rdkafka_performance`,
+    /// against a running cluster: the baseline of the Kafka edge benchmark
+    /// (`tests/bench/edge.sh`).
+    #[command(subcommand)]
+    Grpc(GrpcCommand),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -120,6 +125,7 @@ pub async fn run(cmd: PerfCommand) -> anyhow::Result<()> {
             Ok(())
         }
         PerfCommand::Suite(args) => suite(args).await,
+        PerfCommand::Grpc(cmd) => grpc(cmd).await,
     }
 }
 
@@ -445,4 +451,639 @@ async fn consume_phase(storage: &str, records: u64, decode: bool) -> anyhow::Res
         "consume (raw fetch)"
     };
     Ok(Phase::new(name, start.elapsed(), bytes, seen, &h))
+}
+
+// ---------------------------------------------------------------------------
+// Native gRPC workloads matching `rdkafka_performance`.
+//
+// The Kafka edge benchmark drives the edge with librdkafka's load generator
+// and needs the same workload over runnel's own gRPC API in the same run, on
+// the same cluster, so the edge's cost is a ratio: keyless records of the
+// same size, the same count, the same acks, partitions, records per batch and
+// requests in flight. Each workload prints a human line and, with `--json`,
+// one JSON line for the script.
+
+#[derive(Subcommand, Debug)]
+pub enum GrpcCommand {
+    /// Produce `--records` keyless records through ingest in batches of
+    /// `--batch-records`, `--in-flight` requests at once; each batch is
+    /// encoded when it is sent, as a client does (`rdkafka_performance -P`).
+    Produce(GrpcProduceArgs),
+    /// Read `--records` records from offset 0 of every partition straight
+    /// from the storage leaders, fetching ahead while decoding
+    /// (`rdkafka_performance -C -o beginning`).
+    Consume(GrpcConsumeArgs),
+    /// One record per request at a fixed rate, with a long-polling consumer:
+    /// acknowledgement latency and end-to-end latency
+    /// (`rdkafka_performance -P -l -r` with `-C -l`).
+    Latency(GrpcLatencyArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct GrpcTarget {
+    /// Coordinator gRPC address: creates the topic, names the leaders.
+    #[arg(long, default_value = "127.0.0.1:7400")]
+    pub coordinator: String,
+    /// Ingest gRPC address: where produce requests go.
+    #[arg(long, default_value = "127.0.0.1:7600")]
+    pub ingest: String,
+    #[arg(long, default_value = "perf-grpc")]
+    pub topic: String,
+    /// Partitions of the topic; it is created with this many if missing.
+    #[arg(long, default_value_t = 1)]
+    pub partitions: i32,
+    /// Bytes per record value (the `-s` of rdkafka_performance).
+    #[arg(long, default_value_t = 100)]
+    pub record_bytes: usize,
+    /// Print one JSON line with the results as well.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct GrpcProduceArgs {
+    #[command(flatten)]
+    pub target: GrpcTarget,
+    /// Records to produce (the `-c` of rdkafka_performance).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub records: u64,
+    /// Records per batch (librdkafka's `batch.num.messages`).
+    #[arg(long, default_value_t = 1000)]
+    pub batch_records: u64,
+    /// Produce requests in flight at once (librdkafka's
+    /// `max.in.flight.requests.per.connection`).
+    #[arg(long, default_value_t = 5)]
+    pub in_flight: usize,
+    /// 0, 1 or -1 (all).
+    #[arg(long, default_value_t = -1, allow_hyphen_values = true)]
+    pub acks: i32,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct GrpcConsumeArgs {
+    #[command(flatten)]
+    pub target: GrpcTarget,
+    /// Records to read before stopping.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub records: u64,
+    /// Bytes per partition per fetch (librdkafka's `fetch.message.max.bytes`).
+    #[arg(long, default_value_t = 1024 * 1024)]
+    pub partition_max_bytes: i32,
+    /// Bytes per fetch response (librdkafka's `fetch.max.bytes`).
+    #[arg(long, default_value_t = 50 * 1024 * 1024)]
+    pub max_bytes: i32,
+    /// Long-poll wait of a fetch (librdkafka's `fetch.wait.max.ms`).
+    #[arg(long, default_value_t = 500)]
+    pub max_wait_ms: u32,
+    /// Give up after this long.
+    #[arg(long, default_value = "120s")]
+    pub timeout: humantime::Duration,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct GrpcLatencyArgs {
+    #[command(flatten)]
+    pub target: GrpcTarget,
+    /// Records to send, one per request, into partition 0.
+    #[arg(long, default_value_t = 5_000)]
+    pub records: u64,
+    /// Records per second (the `-r` of rdkafka_performance).
+    #[arg(long, default_value_t = 500)]
+    pub rate: u64,
+    /// 0, 1 or -1 (all).
+    #[arg(long, default_value_t = -1, allow_hyphen_values = true)]
+    pub acks: i32,
+    /// Long-poll wait of the consumer's fetches.
+    #[arg(long, default_value_t = 500)]
+    pub max_wait_ms: u32,
+}
+
+/// Percentiles of one latency histogram, in microseconds.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Latency {
+    pub count: u64,
+    pub mean_us: f64,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub p999_us: u64,
+    pub max_us: u64,
+}
+
+impl Latency {
+    fn of(h: &Histogram<u64>) -> Self {
+        Latency {
+            count: h.len(),
+            mean_us: h.mean(),
+            p50_us: h.value_at_quantile(0.5),
+            p99_us: h.value_at_quantile(0.99),
+            p999_us: h.value_at_quantile(0.999),
+            max_us: h.max(),
+        }
+    }
+}
+
+/// Results of one native gRPC workload.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct GrpcResult {
+    pub workload: &'static str,
+    pub topic: String,
+    pub partitions: i32,
+    pub record_bytes: usize,
+    pub records: u64,
+    pub seconds: f64,
+    pub records_per_s: f64,
+    /// Value bytes per second (1 MB = 10^6 B), as rdkafka_performance counts.
+    pub mb_per_s: f64,
+    /// RecordBatch bytes on the wire per second.
+    pub wire_mb_per_s: f64,
+    pub requests: u64,
+    /// Produce: per-request time to acknowledgement. Consume: per-fetch time.
+    /// Latency workload: time from send to acknowledgement.
+    pub latency: Latency,
+    /// Latency workload only: from send to the consumer holding the record.
+    pub end_to_end: Option<Latency>,
+    /// Produce only: client time spent encoding batches, per batch.
+    pub encode_us_per_batch: Option<f64>,
+}
+
+impl GrpcResult {
+    fn print(&self, json: bool) -> anyhow::Result<()> {
+        println!(
+            "grpc {:<8} {:>10.0} rec/s {:>8.2} MB/s (wire {:>7.2})  {} records in {:.2} s, {} requests  p50 {} µs  p99 {} µs",
+            self.workload,
+            self.records_per_s,
+            self.mb_per_s,
+            self.wire_mb_per_s,
+            self.records,
+            self.seconds,
+            self.requests,
+            self.latency.p50_us,
+            self.latency.p99_us
+        );
+        if let Some(e) = &self.end_to_end {
+            println!(
+                "grpc end-to-end  p50 {} µs  p99 {} µs  p99.9 {} µs  ({} records)",
+                e.p50_us, e.p99_us, e.p999_us, e.count
+            );
+        }
+        if json {
+            println!("{}", serde_json::to_string(self)?);
+        }
+        Ok(())
+    }
+}
+
+async fn grpc(cmd: GrpcCommand) -> anyhow::Result<()> {
+    let (result, json) = match cmd {
+        GrpcCommand::Produce(args) => {
+            let json = args.target.json;
+            (grpc_produce(args).await?, json)
+        }
+        GrpcCommand::Consume(args) => {
+            let json = args.target.json;
+            (grpc_consume(args).await?, json)
+        }
+        GrpcCommand::Latency(args) => {
+            let json = args.target.json;
+            (grpc_latency(args).await?, json)
+        }
+    };
+    result.print(json)
+}
+
+/// Creates the topic unless it exists; returns its partitions' leaders'
+/// storage addresses by partition.
+async fn ensure_topic(target: &GrpcTarget) -> anyhow::Result<Vec<(i32, String)>> {
+    let admin = Admin::connect(&target.coordinator)?;
+    if admin.describe_topic(&target.topic).await.is_err() {
+        admin
+            .create_topic(NewTopic::new(target.topic.clone(), target.partitions))
+            .await
+            .with_context(|| format!("creating topic {}", target.topic))?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let md = admin.metadata(std::slice::from_ref(&target.topic)).await?;
+        let topic = md
+            .topics
+            .iter()
+            .find(|t| t.name == target.topic)
+            .with_context(|| format!("topic {} not in the metadata", target.topic))?;
+        let leaders: Vec<(i32, String)> = topic
+            .partitions
+            .iter()
+            .filter_map(|p| {
+                md.nodes
+                    .iter()
+                    .find(|n| n.node_id == p.leader)
+                    .map(|n| (p.partition, n.address.clone()))
+            })
+            .collect();
+        if !leaders.is_empty() && leaders.len() == topic.partitions.len() {
+            return Ok(leaders);
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!("topic {} has partitions without a leader", target.topic);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn wall_clock_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+/// rdkafka_performance's default payload pattern, repeated to `len` bytes.
+fn payload(len: usize) -> Bytes {
+    const PATTERN: &[u8] = b"The quick brown fox jumps over the lazy dog. ";
+    Bytes::from(
+        PATTERN
+            .iter()
+            .copied()
+            .cycle()
+            .take(len)
+            .collect::<Vec<u8>>(),
+    )
+}
+
+/// One RecordBatch of `count` keyless records with the given value.
+fn keyless_batch(value: &Bytes, count: u64) -> anyhow::Result<Bytes> {
+    let now = wall_clock_us() / 1000;
+    let records: Vec<PlainRecord> = (0..count)
+        .map(|_| PlainRecord {
+            key: None,
+            value: Some(value.clone()),
+            headers: Vec::new(),
+            timestamp_ms: now,
+        })
+        .collect();
+    Ok(runnel_records::build_batch(
+        &records,
+        runnel_records::Compression::None,
+    )?)
+}
+
+/// An ingest client for `address` (a macro: the channel type is tonic's,
+/// which this crate does not name).
+macro_rules! ingest_client {
+    ($address:expr) => {
+        IngestServiceClient::new(runnel_rpc::lazy_channel($address)?)
+            .max_encoding_message_size(runnel_rpc::MAX_MESSAGE_BYTES)
+            .max_decoding_message_size(runnel_rpc::MAX_MESSAGE_BYTES)
+    };
+}
+
+macro_rules! storage_client {
+    ($address:expr) => {
+        StorageServiceClient::new(runnel_rpc::lazy_channel($address)?)
+            .max_encoding_message_size(runnel_rpc::MAX_MESSAGE_BYTES)
+            .max_decoding_message_size(runnel_rpc::MAX_MESSAGE_BYTES)
+    };
+}
+
+/// Opens the connection with an empty produce request, so connecting is not
+/// timed (answers and errors are ignored).
+macro_rules! warm_up {
+    ($client:expr) => {{
+        let mut client = $client;
+        let _ = client
+            .produce(pb::ProduceRequest {
+                partitions: Vec::new(),
+                acks: 1,
+                timeout_ms: 1_000,
+            })
+            .await;
+    }};
+}
+
+fn produce_request(topic: &str, partition: i32, batch: Bytes, acks: i32) -> pb::ProduceRequest {
+    pb::ProduceRequest {
+        partitions: vec![pb::TopicPartitionBatches {
+            topic: topic.to_string(),
+            partition,
+            batches: batch,
+        }],
+        acks,
+        timeout_ms: 30_000,
+    }
+}
+
+fn check_produced(response: pb::ProduceResponse) -> anyhow::Result<()> {
+    if let Some(r) = response.results.into_iter().find(|r| r.error != 0) {
+        anyhow::bail!(
+            "produce to {}-{} failed: {}",
+            r.topic,
+            r.partition,
+            r.error_message
+        );
+    }
+    Ok(())
+}
+
+async fn grpc_produce(args: GrpcProduceArgs) -> anyhow::Result<GrpcResult> {
+    let target = args.target.clone();
+    ensure_topic(&target).await?;
+    let client = ingest_client!(&target.ingest);
+    let per_batch = args.batch_records.max(1);
+    let total = args.records;
+    let batches = total.div_ceil(per_batch);
+    let partitions = target.partitions.max(1) as u64;
+    let value = payload(target.record_bytes);
+    let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    // Connect before the clock starts (rdkafka_performance's clock starts
+    // after its bootstrap too).
+    warm_up!(client.clone());
+    let start = Instant::now();
+    let mut lanes = Vec::new();
+    for _ in 0..args.in_flight.max(1) {
+        let (mut client, next, value, topic) = (
+            client.clone(),
+            next.clone(),
+            value.clone(),
+            target.topic.clone(),
+        );
+        lanes.push(tokio::spawn(async move {
+            let mut h = histogram()?;
+            let (mut wire, mut encode) = (0u64, Duration::ZERO);
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= batches {
+                    break;
+                }
+                let count = per_batch.min(total - i * per_batch);
+                let t = Instant::now();
+                let batch = keyless_batch(&value, count)?;
+                encode += t.elapsed();
+                wire += batch.len() as u64;
+                let t = Instant::now();
+                let request = produce_request(&topic, (i % partitions) as i32, batch, args.acks);
+                check_produced(client.produce(request).await?.into_inner())?;
+                h.record(t.elapsed().as_micros().max(1) as u64)?;
+            }
+            Ok::<_, anyhow::Error>((h, wire, encode))
+        }));
+    }
+    let mut h = histogram()?;
+    let (mut wire, mut encode) = (0u64, Duration::ZERO);
+    for lane in lanes {
+        let (lh, lw, le) = lane.await??;
+        h.add(&lh)?;
+        wire += lw;
+        encode += le;
+    }
+    let s = start.elapsed().as_secs_f64().max(1e-9);
+    Ok(GrpcResult {
+        workload: "produce",
+        topic: target.topic,
+        partitions: target.partitions,
+        record_bytes: target.record_bytes,
+        records: total,
+        seconds: s,
+        records_per_s: total as f64 / s,
+        mb_per_s: (total * target.record_bytes as u64) as f64 / s / 1e6,
+        wire_mb_per_s: wire as f64 / s / 1e6,
+        requests: h.len(),
+        latency: Latency::of(&h),
+        end_to_end: None,
+        encode_us_per_batch: Some(encode.as_secs_f64() * 1e6 / batches.max(1) as f64),
+    })
+}
+
+/// The offset after the last whole batch in `records`.
+fn next_offset(records: &[u8], mut offset: i64) -> i64 {
+    let mut rest = records;
+    while let Ok(h) = runnel_records::BatchHeader::parse(rest) {
+        offset = h.next_offset();
+        rest = &rest[h.total_len().min(rest.len())..];
+    }
+    offset
+}
+
+async fn grpc_consume(args: GrpcConsumeArgs) -> anyhow::Result<GrpcResult> {
+    let target = args.target.clone();
+    let leaders = ensure_topic(&target).await?;
+    let mut by_leader: std::collections::BTreeMap<String, Vec<i32>> = Default::default();
+    for (partition, address) in leaders {
+        by_leader.entry(address).or_default().push(partition);
+    }
+    // One fetcher per storage node (librdkafka: one fetch in flight per
+    // broker), handing responses to the decoder through a short queue so
+    // fetching and decoding overlap as in librdkafka's broker and
+    // application threads.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+    let start = Instant::now();
+    let mut fetchers = Vec::new();
+    for (address, partitions) in by_leader {
+        let mut client = storage_client!(&address);
+        let tx = tx.clone();
+        let topic = target.topic.clone();
+        let (partition_max, max_bytes, max_wait) =
+            (args.partition_max_bytes, args.max_bytes, args.max_wait_ms);
+        fetchers.push(tokio::spawn(async move {
+            let mut h = histogram()?;
+            let mut offsets: Vec<(i32, i64)> = partitions.into_iter().map(|p| (p, 0)).collect();
+            loop {
+                let t = Instant::now();
+                let results = client
+                    .fetch(st::FetchRequest {
+                        partitions: offsets
+                            .iter()
+                            .map(|&(partition, offset)| st::PartitionFetch {
+                                topic: topic.clone(),
+                                partition,
+                                offset,
+                                max_bytes: partition_max,
+                            })
+                            .collect(),
+                        max_wait_ms: max_wait,
+                        min_bytes: 1,
+                        max_bytes,
+                    })
+                    .await?
+                    .into_inner()
+                    .results;
+                h.record(t.elapsed().as_micros().max(1) as u64)?;
+                for r in results {
+                    if r.error != 0 {
+                        anyhow::bail!("fetch {}-{}: {}", r.topic, r.partition, r.error_message);
+                    }
+                    if r.records.is_empty() {
+                        continue;
+                    }
+                    if let Some(slot) = offsets.iter_mut().find(|(p, _)| *p == r.partition) {
+                        slot.1 = next_offset(&r.records, slot.1);
+                    }
+                    if tx.send(r.records).await.is_err() {
+                        return Ok(h);
+                    }
+                }
+            }
+        }));
+    }
+    drop(tx);
+    let deadline = tokio::time::Instant::now() + *args.timeout;
+    let (mut records, mut value_bytes, mut wire) = (0u64, 0u64, 0u64);
+    while records < args.records {
+        let chunk = match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Err(_) => anyhow::bail!(
+                "read {records} of {} records before the timeout",
+                args.records
+            ),
+            Ok(None) => break,
+            Ok(Some(chunk)) => chunk,
+        };
+        wire += chunk.len() as u64;
+        for r in runnel_records::decode_records(chunk)? {
+            records += 1;
+            value_bytes += r.value.as_ref().map_or(0, |v| v.len() as u64);
+            std::hint::black_box(&r);
+        }
+    }
+    let elapsed = start.elapsed();
+    drop(rx);
+    let mut h = histogram()?;
+    for f in fetchers {
+        match f.await? {
+            Ok(fh) => h.add(&fh)?,
+            Err(e) if records < args.records => return Err(e),
+            Err(_) => {}
+        }
+    }
+    if records < args.records {
+        anyhow::bail!("the topic ended after {records} of {} records", args.records);
+    }
+    let s = elapsed.as_secs_f64().max(1e-9);
+    Ok(GrpcResult {
+        workload: "consume",
+        topic: target.topic,
+        partitions: target.partitions,
+        record_bytes: target.record_bytes,
+        records,
+        seconds: s,
+        records_per_s: records as f64 / s,
+        mb_per_s: value_bytes as f64 / s / 1e6,
+        wire_mb_per_s: wire as f64 / s / 1e6,
+        requests: h.len(),
+        latency: Latency::of(&h),
+        end_to_end: None,
+        encode_us_per_batch: None,
+    })
+}
+
+const LATENCY_TAG: &[u8] = b"LATENCY:";
+
+async fn grpc_latency(args: GrpcLatencyArgs) -> anyhow::Result<GrpcResult> {
+    let target = args.target.clone();
+    let leaders = ensure_topic(&target).await?;
+    let leader = leaders
+        .iter()
+        .find(|(p, _)| *p == 0)
+        .map(|(_, a)| a.clone())
+        .context("partition 0 has no leader")?;
+    let mut storage = storage_client!(&leader);
+    let fetch = |offset: i64, max_bytes: i32, max_wait_ms: u32| st::FetchRequest {
+        partitions: vec![st::PartitionFetch {
+            topic: target.topic.clone(),
+            partition: 0,
+            offset,
+            max_bytes,
+        }],
+        max_wait_ms,
+        min_bytes: 1,
+        max_bytes,
+    };
+    // The consumer starts at the end (`-o end`).
+    let start_offset = storage
+        .fetch(fetch(0, 1, 0))
+        .await?
+        .into_inner()
+        .results
+        .first()
+        .map_or(0, |r| r.high_watermark.max(0));
+    let wanted = args.records;
+    let consumer = {
+        let request = fetch(start_offset, 1024 * 1024, args.max_wait_ms);
+        tokio::spawn(async move {
+            let mut request = request;
+            let mut h = histogram()?;
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while h.len() < wanted && Instant::now() < deadline {
+                let results = storage.fetch(request.clone()).await?.into_inner().results;
+                let Some(r) = results.into_iter().next() else {
+                    continue;
+                };
+                if r.error != 0 {
+                    anyhow::bail!("fetch: {}", r.error_message);
+                }
+                let now = wall_clock_us();
+                request.partitions[0].offset =
+                    next_offset(&r.records, request.partitions[0].offset);
+                for record in runnel_records::decode_records(r.records)? {
+                    let Some(v) = record.value else { continue };
+                    let Some(rest) = v.strip_prefix(LATENCY_TAG) else {
+                        continue;
+                    };
+                    let digits: Vec<u8> = rest
+                        .iter()
+                        .copied()
+                        .take_while(u8::is_ascii_digit)
+                        .collect();
+                    if let Ok(sent) = std::str::from_utf8(&digits)?.parse::<i64>() {
+                        h.record((now - sent).max(1) as u64)?;
+                    }
+                }
+            }
+            Ok::<_, anyhow::Error>(h)
+        })
+    };
+    // Let the consumer's first long poll reach the storage node.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let client = ingest_client!(&target.ingest);
+    warm_up!(client.clone());
+    let base = payload(target.record_bytes.max(LATENCY_TAG.len() + 21));
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / args.rate.max(1) as f64));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut sends = tokio::task::JoinSet::new();
+    let start = Instant::now();
+    for _ in 0..wanted {
+        tick.tick().await;
+        let mut value = base.to_vec();
+        let stamp = format!("LATENCY:{} ", wall_clock_us());
+        value[..stamp.len()].copy_from_slice(stamp.as_bytes());
+        let batch = keyless_batch(&Bytes::from(value), 1)?;
+        let mut client = client.clone();
+        let (topic, acks) = (target.topic.clone(), args.acks);
+        sends.spawn(async move {
+            let t = Instant::now();
+            let request = produce_request(&topic, 0, batch, acks);
+            check_produced(client.produce(request).await?.into_inner())?;
+            Ok::<_, anyhow::Error>(t.elapsed())
+        });
+    }
+    let mut h = histogram()?;
+    while let Some(done) = sends.join_next().await {
+        h.record(done??.as_micros().max(1) as u64)?;
+    }
+    let elapsed = start.elapsed();
+    let e2e = consumer.await??;
+    let s = elapsed.as_secs_f64().max(1e-9);
+    Ok(GrpcResult {
+        workload: "latency",
+        topic: target.topic,
+        partitions: target.partitions,
+        record_bytes: base.len(),
+        records: wanted,
+        seconds: s,
+        records_per_s: wanted as f64 / s,
+        mb_per_s: (wanted * base.len() as u64) as f64 / s / 1e6,
+        wire_mb_per_s: 0.0,
+        requests: h.len(),
+        latency: Latency::of(&h),
+        end_to_end: Some(Latency::of(&e2e)),
+        encode_us_per_batch: None,
+    })
 }

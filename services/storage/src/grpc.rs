@@ -263,4 +263,40 @@ impl StorageService for StorageGrpc {
         }
         Ok(Response::new(pb::ListOffsetsResponse { results }))
     }
+
+    async fn describe_log_dirs(
+        &self,
+        request: Request<pb::DescribeLogDirsRequest>,
+    ) -> Result<Response<pb::DescribeLogDirsResponse>, Status> {
+        let _m = RequestMetrics::start("storage", "DescribeLogDirs");
+        let req = request.into_inner();
+        let wanted: std::collections::HashSet<&str> =
+            req.topics.iter().map(String::as_str).collect();
+        let partitions = self
+            .node
+            .logs
+            .list()
+            .into_iter()
+            .filter(|(topic, _, _)| wanted.is_empty() || wanted.contains(topic.as_str()))
+            .filter_map(|(topic, _, partition)| {
+                // Gone if it was removed since the listing.
+                let log = self.node.logs.get(&topic, partition)?;
+                Some(pb::LogDirPartition {
+                    size_bytes: i64::try_from(log.size_bytes()).unwrap_or(i64::MAX),
+                    offset_lag: (log.log_end_offset() - log.high_watermark()).max(0),
+                    topic,
+                    partition,
+                })
+            })
+            .collect();
+        let dir = self.node.logs.data_dir();
+        let path = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+        Ok(Response::new(pb::DescribeLogDirsResponse {
+            node_id: self.node.node_id,
+            log_dirs: vec![pb::LogDir {
+                path: path.display().to_string(),
+                partitions,
+            }],
+        }))
+    }
 }

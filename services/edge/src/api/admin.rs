@@ -26,9 +26,9 @@ use crate::frame::str_bytes;
 use crate::state::{Edge, KafkaError};
 
 /// Kafka's ConfigResource types.
-const RESOURCE_TOPIC: i8 = 2;
-const RESOURCE_BROKER: i8 = 4;
-const RESOURCE_BROKER_LOGGER: i8 = 8;
+pub const RESOURCE_TOPIC: i8 = 2;
+pub const RESOURCE_BROKER: i8 = 4;
+pub const RESOURCE_BROKER_LOGGER: i8 = 8;
 
 /// Kafka's ConfigSource values.
 const SOURCE_TOPIC: i8 = 1;
@@ -313,8 +313,10 @@ pub fn describe_configs(
                         Some(str_bytes(format!("topic {name:?} does not exist")));
                 }
                 Some(t) => {
+                    // Null or empty: every key (as Kafka's ConfigHelper).
                     let keys: Option<HashSet<String>> = r
                         .configuration_keys
+                        .filter(|ks| !ks.is_empty())
                         .map(|ks| ks.iter().map(|k| k.to_string()).collect());
                     result.configs = topic_configs(&t.record.configs)
                         .into_iter()

@@ -3,9 +3,12 @@
 //! it with the header version the API dictates.
 
 mod admin;
+mod configs;
 mod fetch;
+mod log_dirs;
 mod metadata;
 mod offsets;
+mod partitions;
 mod produce;
 mod producer_id;
 mod versions;
@@ -87,5 +90,29 @@ pub async fn dispatch(
         Request::InitProducerId(r) => {
             encode(api, version, cid, &producer_id::handle(ctx, r, version))
         }
+        Request::CreatePartitions(r) => encode(
+            api,
+            version,
+            cid,
+            &partitions::create_partitions(ctx, r, version).await,
+        ),
+        Request::AlterConfigs(r) => encode(
+            api,
+            version,
+            cid,
+            &configs::alter_configs(ctx, r, version).await,
+        ),
+        Request::IncrementalAlterConfigs(r) => encode(
+            api,
+            version,
+            cid,
+            &configs::incremental_alter_configs(ctx, r, version).await,
+        ),
+        Request::DescribeLogDirs(r) => encode(
+            api,
+            version,
+            cid,
+            &log_dirs::describe_log_dirs(ctx, r, version).await,
+        ),
     }
 }

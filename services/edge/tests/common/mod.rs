@@ -1,6 +1,7 @@
 //! An in-process cluster (coordinator, storage node, ingest) on an in-memory
 //! metastore, with one or more edges in front, all on loopback ports.
-//! Shared by the edge's integration tests and `examples/edge_dev.rs`.
+//! Shared by the edge's integration tests (`runnel dev` is the way to run a
+//! whole cluster with an edge for real clients).
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -198,6 +199,20 @@ impl Cluster {
             stop,
             task,
         });
+        Ok(address)
+    }
+
+    /// Stops the edge with broker id `node_id` (it leaves the registry) and
+    /// returns its address.
+    pub async fn stop_edge(&mut self, node_id: i32) -> anyhow::Result<String> {
+        let i = self
+            .edges
+            .iter()
+            .position(|e| e.node_id == node_id)
+            .ok_or_else(|| anyhow::anyhow!("no edge {node_id}"))?;
+        let edge = self.edges.remove(i);
+        let address = edge.address.clone();
+        edge.stop().await?;
         Ok(address)
     }
 
