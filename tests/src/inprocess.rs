@@ -64,6 +64,12 @@ impl InProcessCluster {
     /// Starts everything and waits until the controller is elected and every
     /// storage node is registered.
     pub async fn start(storage_nodes: usize) -> Self {
+        Self::start_with(storage_nodes, |_| {}).await
+    }
+
+    /// [`InProcessCluster::start`], with `configure` applied to each storage
+    /// node's config (after the harness filled in its own settings).
+    pub async fn start_with(storage_nodes: usize, configure: impl Fn(&mut StorageConfig)) -> Self {
         init_tracing();
         let etcd = start_etcd().await;
         let url = etcd.url();
@@ -100,7 +106,7 @@ impl InProcessCluster {
             let node_id = i as i32 + 1;
             let (listener, address) = bind().await;
             let data_dir = dir.path().join(format!("storage-{node_id}"));
-            let config = StorageConfig {
+            let mut config = StorageConfig {
                 node_id,
                 metastore: url.clone(),
                 cluster: name.clone(),
@@ -109,6 +115,7 @@ impl InProcessCluster {
                 lease_ttl_secs: 5,
                 ..Default::default()
             };
+            configure(&mut config);
             let store = runnel_metastore::open(&url).await.unwrap();
             let rx = stop_rx.clone();
             tasks.push((

@@ -33,6 +33,10 @@ pub struct StorageConfig {
     pub flush_interval_ms: u64,
     /// Upper bound on how long a fetch may wait for data.
     pub max_fetch_wait_ms: u32,
+    /// How often the node applies retention (`retention.ms`,
+    /// `retention.bytes`) to its partitions (Kafka's
+    /// `log.retention.check.interval.ms`).
+    pub retention_check_interval_ms: u64,
 }
 
 impl Default for StorageConfig {
@@ -49,6 +53,7 @@ impl Default for StorageConfig {
             flush: "always".into(),
             flush_interval_ms: 1000,
             max_fetch_wait_ms: 30_000,
+            retention_check_interval_ms: 60_000,
         }
     }
 }

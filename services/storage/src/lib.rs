@@ -2,8 +2,9 @@
 //!
 //! - [`log`]: the partition log engine (segments, indexes, group-committed
 //!   fsync, crash recovery, long-poll wake-ups);
-//! - [`node`]: the node's place in the cluster — registration under a lease
-//!   and opening/removing logs as the controller assigns partitions;
+//! - [`node`]: the node's place in the cluster — registration under a lease,
+//!   opening/removing logs as the controller assigns partitions, and the
+//!   periodic retention pass;
 //! - [`grpc`]: `Append`, `Fetch` (long poll) and `ListOffsets` for partitions
 //!   this node leads;
 //! - [`server`]: start-up and shutdown.

@@ -1,6 +1,6 @@
-//! The storage node's place in the cluster: registration under a lease, and
+//! The storage node's place in the cluster: registration under a lease,
 //! keeping the local partition logs in line with the assignments the
-//! controller writes.
+//! controller writes, and applying the topics' retention to them.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -35,6 +35,9 @@ pub fn log_config(topic: &TopicConfig, flush: FlushPolicy) -> LogConfig {
         flush,
         max_message_bytes: topic.max_message_bytes,
         log_append_time: topic.log_append_time,
+        retention_ms: topic.retention_ms,
+        retention_bytes: topic.retention_bytes,
+        delete: topic.delete,
         ..LogConfig::default()
     }
 }
@@ -170,6 +173,51 @@ impl StorageNode {
                 _ = shutdown.changed() => return,
             }
         }
+    }
+
+    /// Every `retention_check_interval_ms`, applies retention to every local
+    /// partition ([`Self::enforce_retention`]), until shutdown.
+    pub async fn retention_loop(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        let every = Duration::from_millis(self.config.retention_check_interval_ms.max(1));
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.changed() => return,
+            }
+            self.enforce_retention().await;
+        }
+    }
+
+    /// One retention pass: deletes the segments each local partition's topic
+    /// configs (as the metadata has them now) no longer keep. Partitions of
+    /// topics the metadata does not know (or knows under another id) are
+    /// left alone. Returns how many segments were deleted.
+    pub async fn enforce_retention(&self) -> usize {
+        let md = self.watcher.current();
+        let mut deleted = 0;
+        for (topic, topic_id, partition) in self.logs.list() {
+            let Some(t) = md.topic(&topic).filter(|t| t.record.topic_id == topic_id) else {
+                continue;
+            };
+            // Gone if it was removed since the listing.
+            let Some(log) = self.logs.get(&topic, partition) else {
+                continue;
+            };
+            let config = log_config(&t.config, self.flush);
+            if log.config() != config {
+                log.set_config(config);
+            }
+            match log.enforce_retention(now_ms()).await {
+                Ok(segments) => deleted += segments.len(),
+                Err(crate::log::LogError::Deleted(_)) => {}
+                Err(e) => {
+                    tracing::warn!(%topic, partition, error = %e, "retention pass failed");
+                }
+            }
+        }
+        deleted
     }
 
     async fn apply_assignments(

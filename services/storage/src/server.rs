@@ -62,6 +62,7 @@ pub async fn serve(
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let sync = tokio::spawn(node.clone().sync_assignments(stop_rx.clone()));
+    let retention = tokio::spawn(node.clone().retention_loop(stop_rx.clone()));
     let registration = tokio::spawn(node.clone().keep_registered(advertised.clone(), stop_rx));
 
     let (health, health_svc, reflection) = runnel_rpc::health_and_reflection()?;
@@ -83,6 +84,7 @@ pub async fn serve(
     .await;
     let _ = registration.await;
     let _ = sync.await;
+    let _ = retention.await;
     for (topic, _, partition) in node.logs.list() {
         if let Some(log) = node.logs.get(&topic, partition)
             && let Err(e) = log.flush().await

@@ -5,6 +5,12 @@
 //! descriptor of a file, so a handle can be evicted and reopened at any time.
 //! A handle still in use when it is evicted stays open until its user drops
 //! it, so the number of open files is the capacity plus the I/O in flight.
+//!
+//! Once [`FileCache::evict`] (or [`FileCache::evict_dir`]) returns, the cache
+//! never hands out a handle of that path opened before the call: an open
+//! that raced with the eviction returns its handle to its caller but does
+//! not cache it. So a deleted (or replaced) file is not kept open, nor served
+//! to later readers, by the cache.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
@@ -29,6 +35,9 @@ struct CacheState {
     tick: u64,
     files: HashMap<PathBuf, (Arc<File>, u64)>,
     by_age: BTreeMap<u64, PathBuf>,
+    /// Bumped by every explicit eviction or replacement; a handle opened
+    /// while it changed may be stale and is not cached.
+    evictions: u64,
 }
 
 impl FileCache {
@@ -40,6 +49,7 @@ impl FileCache {
                 tick: 0,
                 files: HashMap::new(),
                 by_age: BTreeMap::new(),
+                evictions: 0,
             })),
         }
     }
@@ -63,35 +73,63 @@ impl FileCache {
     /// `writable`, else read-only) on a miss. A path must always be opened
     /// with the same `writable`.
     pub(crate) fn open(&self, path: &Path, writable: bool) -> io::Result<Arc<File>> {
-        if let Some(file) = self.inner.lock().touch(path) {
-            return Ok(file);
-        }
+        let evictions = match self.cached(path) {
+            Ok(file) => return Ok(file),
+            Err(evictions) => evictions,
+        };
         // Open outside the lock; if another thread won the race, use its
         // handle and drop ours.
         let file = Arc::new(OpenOptions::new().read(true).write(writable).open(path)?);
+        Ok(self.insert_opened(path, file, evictions))
+    }
+
+    /// The cached handle of `path`, or (on a miss) the eviction count to
+    /// hand to [`Self::insert_opened`] with a handle opened after this call.
+    fn cached(&self, path: &Path) -> Result<Arc<File>, u64> {
+        let mut state = self.inner.lock();
+        state.touch(path).ok_or(state.evictions)
+    }
+
+    /// Caches a handle opened after [`Self::cached`] returned `evictions`,
+    /// unless an eviction happened since (the path may have been deleted or
+    /// replaced while it was opened: the caller may use the handle, the cache
+    /// does not keep it). Returns the handle to use.
+    fn insert_opened(&self, path: &Path, file: Arc<File>, evictions: u64) -> Arc<File> {
         let mut state = self.inner.lock();
         if let Some(existing) = state.touch(path) {
-            return Ok(existing);
+            return existing;
         }
-        state.insert(path.to_path_buf(), file.clone());
-        Ok(file)
+        if state.evictions == evictions {
+            state.insert(path.to_path_buf(), file.clone());
+        }
+        file
     }
 
     /// Puts a freshly created file in the cache, replacing any stale handle.
     pub(crate) fn insert(&self, path: &Path, file: Arc<File>) {
         let mut state = self.inner.lock();
+        state.evictions += 1;
         state.remove(path);
         state.insert(path.to_path_buf(), file);
     }
 
     /// Drops the handle of one file (after it was replaced or deleted).
     pub(crate) fn evict(&self, path: &Path) {
-        self.inner.lock().remove(path);
+        let mut state = self.inner.lock();
+        state.evictions += 1;
+        state.remove(path);
+    }
+
+    /// Whether the cache holds a handle of `path`.
+    #[cfg(test)]
+    pub(crate) fn contains(&self, path: &Path) -> bool {
+        self.inner.lock().files.contains_key(path)
     }
 
     /// Drops the handles of every file under `dir`.
     pub(crate) fn evict_dir(&self, dir: &Path) {
         let mut state = self.inner.lock();
+        state.evictions += 1;
         let paths: Vec<PathBuf> = state
             .files
             .keys()
@@ -159,5 +197,30 @@ mod tests {
         drop(state);
         cache.evict_dir(dir.path());
         assert!(cache.is_empty());
+    }
+
+    /// A handle opened while its path was evicted (deleted) is returned to
+    /// the opener but never cached.
+    #[test]
+    fn an_open_racing_an_eviction_is_not_cached() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("seg");
+        std::fs::write(&path, b"old").unwrap();
+        let cache = FileCache::new(8);
+        let evictions = cache.cached(&path).unwrap_err();
+        let file = Arc::new(File::open(&path).unwrap());
+        // Meanwhile the file is deleted and its handle evicted.
+        std::fs::remove_file(&path).unwrap();
+        cache.evict(&path);
+        let got = cache.insert_opened(&path, file, evictions);
+        assert!(!cache.contains(&path));
+        // The opener still reads the old data through its handle.
+        let mut buf = [0u8; 3];
+        std::os::unix::fs::FileExt::read_exact_at(&*got, &mut buf, 0).unwrap();
+        assert_eq!(&buf, b"old");
+        // Without a racing eviction the handle is cached.
+        std::fs::write(&path, b"new").unwrap();
+        cache.open(&path, false).unwrap();
+        assert!(cache.contains(&path));
     }
 }

@@ -51,10 +51,41 @@
 //!   off, and its indexes are rebuilt. Sealed segments whose index files are
 //!   missing or malformed get them rebuilt from the log.
 //!
+//! # Retention
+//!
+//! [`PartitionLog::enforce_retention`] deletes whole *sealed* segments from
+//! the front of the log, Kafka's way, when the config's `delete` is set:
+//! first those whose largest timestamp is more than `retention_ms` old (the
+//! file's modification time stands in for a segment without timestamps),
+//! then, while the log is larger than `retention_bytes`, the oldest ones
+//! whose removal leaves it at least that large. The active segment is never
+//! deleted, nor a segment holding data at or above the high watermark.
+//!
+//! The *log start offset* is the base offset of the first segment, in memory
+//! and on disk alike, so it survives a restart without a checkpoint (with
+//! every sealed segment gone and the active one empty, it is the log end).
+//! Reads below it get [`LogError::OffsetOutOfRange`].
+//!
+//! Deleting segments (one pass at a time per log): (1) they leave the
+//! in-memory segment list, under the log's lock, so a read either found a
+//! segment before (and reads it whole) or finds the new start and gets
+//! out-of-range; (2) oldest first, each segment's files are renamed to
+//! `<name>.deleted` (the `.log` first) and dropped from the file cache, and
+//! the directory is fsynced (unless the flush policy is
+//! [`FlushPolicy::Os`]) before the next segment, so a crash leaves the log
+//! a prefix shorter or intact, never with a hole; (3) the renamed files are
+//! unlinked. A read holding a handle of a file keeps reading the old data
+//! (unix unlink semantics); one that lost the race to open it answers
+//! out-of-range. [`PartitionLog::open`] removes `.deleted` leftovers of a
+//! crash (and index files whose `.log` is gone). A segment whose deletion
+//! was not yet durable at a crash comes back, and the next pass deletes it
+//! again.
+//!
 //! # Resources
 //!
 //! No thread and no timer per partition; blocking file I/O runs in
-//! `spawn_blocking`. Open files are bounded by a shared LRU [`FileCache`]
+//! `spawn_blocking`; retention runs when the caller (the storage node's
+//! retention task) asks for it. Open files are bounded by a shared LRU [`FileCache`]
 //! (reads use positional I/O, so any handle to a file will do), and the
 //! indexes of sealed segments are not held in memory: they are binary
 //! searched on disk.
@@ -109,6 +140,14 @@ pub struct LogConfig {
     /// Stamp every batch with the broker's time (Kafka's
     /// `message.timestamp.type=LogAppendTime`).
     pub log_append_time: bool,
+    /// Delete sealed segments whose largest timestamp is older than this
+    /// many ms (Kafka's `retention.ms`); -1 keeps them forever.
+    pub retention_ms: i64,
+    /// Delete the oldest sealed segments while the log stays at least this
+    /// large without them (Kafka's `retention.bytes`); -1 means no limit.
+    pub retention_bytes: i64,
+    /// Retention applies (`cleanup.policy` includes `delete`).
+    pub delete: bool,
 }
 
 impl Default for LogConfig {
@@ -120,6 +159,9 @@ impl Default for LogConfig {
             flush: FlushPolicy::EveryAppend,
             max_message_bytes: 1 << 20,
             log_append_time: false,
+            retention_ms: -1,
+            retention_bytes: -1,
+            delete: true,
         }
     }
 }
@@ -133,4 +175,34 @@ pub struct AppendInfo {
     pub last_offset: i64,
     /// The LogAppendTime stamped into the batches, if the log uses it.
     pub log_append_time_ms: Option<i64>,
+}
+
+/// Why retention deleted a segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetentionReason {
+    /// Its largest timestamp was older than `retention_ms`.
+    Time,
+    /// The log was larger than `retention_bytes`.
+    Size,
+}
+
+impl RetentionReason {
+    /// The metric label and log field: `time` or `size`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RetentionReason::Time => "time",
+            RetentionReason::Size => "size",
+        }
+    }
+}
+
+/// A segment deleted by [`PartitionLog::enforce_retention`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeletedSegment {
+    pub base_offset: i64,
+    /// The offset after its last record: the next segment's base offset.
+    pub end_offset: i64,
+    /// Bytes of its `.log` file.
+    pub size_bytes: u64,
+    pub reason: RetentionReason,
 }

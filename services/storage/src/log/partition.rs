@@ -1,9 +1,9 @@
 //! [`PartitionLog`]: one partition replica's log (see the module docs of
 //! [`crate::log`] for the format and the durability rules).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};
-use std::ops::Bound;
+use std::ops::{Bound, ControlFlow};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -20,10 +20,17 @@ use super::files::FileCache;
 use super::segment::{
     self, ChunkReader, IndexBuilder, LOG_EXT, MAX_SEGMENT_BYTES, NO_TIMESTAMP, segment_path,
 };
-use super::{AppendInfo, FlushPolicy, LogConfig, LogError};
+use super::{AppendInfo, DeletedSegment, FlushPolicy, LogConfig, LogError, RetentionReason};
 
 /// Bytes read at a time when walking batch headers from an index position.
 const HEADER_SCAN_CHUNK: usize = 16 * 1024;
+
+/// Suffix of the files of a segment being deleted.
+const DELETED_SUFFIX: &str = ".deleted";
+
+/// How many times a timestamp lookup starts over when retention deleted a
+/// segment under it.
+const RETRIES_AFTER_DELETION: usize = 8;
 
 /// One partition's log: append, read, offset lookups. Cheap to clone; all
 /// clones share the same log.
@@ -45,6 +52,9 @@ impl std::fmt::Debug for PartitionLog {
 
 struct Inner {
     dir: PathBuf,
+    /// Topic and partition, for logs and metrics.
+    topic: String,
+    partition: String,
     files: FileCache,
     config: RwLock<LogConfig>,
     state: Mutex<State>,
@@ -52,6 +62,9 @@ struct Inner {
     append_lock: Arc<tokio::sync::Mutex<()>>,
     /// Serializes fsyncs of the active segment (group commit).
     flush_lock: tokio::sync::Mutex<()>,
+    /// Serializes retention passes, so that segments are deleted (made
+    /// durable) oldest first.
+    retention_lock: Mutex<()>,
     log_end: AtomicI64,
     high_watermark: AtomicI64,
     /// Offset below which everything is known to be fsynced.
@@ -130,6 +143,7 @@ impl State {
 }
 
 struct LogMetrics {
+    start_offset: metrics::Gauge,
     end_offset: metrics::Gauge,
     size_bytes: metrics::Gauge,
     appended_bytes: metrics::Counter,
@@ -143,6 +157,7 @@ impl LogMetrics {
             ("partition", partition.to_string()),
         ];
         LogMetrics {
+            start_offset: metrics::gauge!("runnel_log_start_offset", &labels),
             end_offset: metrics::gauge!("runnel_log_end_offset", &labels),
             size_bytes: metrics::gauge!("runnel_log_size_bytes", &labels),
             appended_bytes: metrics::counter!("runnel_log_appended_bytes_total", &labels),
@@ -214,6 +229,13 @@ impl PartitionLog {
             if name.ends_with(".tmp") {
                 // A file write that never finished: nothing refers to it.
                 let _ = fs::remove_file(entry.path());
+                continue;
+            }
+            if name.ends_with(DELETED_SUFFIX) {
+                // A segment deletion that a crash interrupted.
+                tracing::info!(path = %entry.path().display(), "removing a deleted segment file");
+                fs::remove_file(entry.path())
+                    .map_err(LogError::io_path("delete", &entry.path()))?;
                 continue;
             }
             match segment::parse_segment_name(&name) {
@@ -291,11 +313,14 @@ impl PartitionLog {
         let log_end = scanned.end_offset;
         let (hw_tx, _) = watch::channel(log_end);
         let metrics = LogMetrics::new(topic, partition);
+        metrics.start_offset.set(bases[0] as f64);
         metrics.end_offset.set(log_end as f64);
         metrics.size_bytes.set(size_bytes as f64);
         Ok(PartitionLog {
             inner: Arc::new(Inner {
                 dir: dir.to_path_buf(),
+                topic: topic.to_string(),
+                partition: partition.to_string(),
                 files,
                 config: RwLock::new(config),
                 state: Mutex::new(State {
@@ -307,6 +332,7 @@ impl PartitionLog {
                 }),
                 append_lock: Arc::new(tokio::sync::Mutex::new(())),
                 flush_lock: tokio::sync::Mutex::new(()),
+                retention_lock: Mutex::new(()),
                 log_end: AtomicI64::new(log_end),
                 high_watermark: AtomicI64::new(log_end),
                 flushed: AtomicI64::new(log_end),
@@ -538,6 +564,23 @@ impl PartitionLog {
             .map_err(LogError::join)?
     }
 
+    /// Applies the config's retention (see the module docs of [`crate::log`]):
+    /// deletes the sealed segments at the front of the log that
+    /// `retention_ms` (against `now_ms`) or `retention_bytes` no longer keep,
+    /// if `delete` is set, and advances the log start offset past them.
+    /// Returns what was deleted, oldest first.
+    pub async fn enforce_retention(&self, now_ms: i64) -> Result<Vec<DeletedSegment>, LogError> {
+        let config = self.config();
+        if !config.delete || (config.retention_ms < 0 && config.retention_bytes < 0) {
+            return Ok(Vec::new());
+        }
+        self.inner.check_not_deleted()?;
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || inner.enforce_retention(now_ms, &config))
+            .await
+            .map_err(LogError::join)?
+    }
+
     /// Deletes the log and its directory. Waits for an append in flight;
     /// afterwards every clone answers [`LogError::Deleted`].
     pub async fn remove(self) -> Result<(), LogError> {
@@ -634,6 +677,62 @@ fn open_sealed_segment(
     Ok(info)
 }
 
+/// The sealed segments (oldest first, none at or above `hw`) retention
+/// deletes, with why: first those older than `retention_ms`, then, while
+/// the log stays at least `retention_bytes` large without it, the oldest
+/// left. `largest_timestamp` gives a segment's age.
+fn retention_victims(
+    sealed: &[SegmentInfo],
+    total_size: u64,
+    hw: i64,
+    config: &LogConfig,
+    now_ms: i64,
+    largest_timestamp: impl Fn(&SegmentInfo) -> i64,
+) -> Vec<(SegmentInfo, RetentionReason)> {
+    let mut victims = Vec::new();
+    if !config.delete {
+        return victims;
+    }
+    let mut candidates = sealed.iter().take_while(|s| s.end <= hw).peekable();
+    if config.retention_ms >= 0 {
+        while let Some(seg) = candidates
+            .next_if(|s| now_ms.saturating_sub(largest_timestamp(s)) > config.retention_ms)
+        {
+            victims.push((*seg, RetentionReason::Time));
+        }
+    }
+    if config.retention_bytes >= 0 {
+        let mut size = total_size.saturating_sub(victims.iter().map(|(s, _)| s.size).sum());
+        let limit = config.retention_bytes as u64;
+        // Kafka: delete while `size - segment.size >= retention.bytes`.
+        while let Some(seg) =
+            candidates.next_if(|s| s.size.checked_add(limit).is_some_and(|need| size >= need))
+        {
+            size -= seg.size;
+            victims.push((*seg, RetentionReason::Size));
+        }
+    }
+    victims
+}
+
+/// A file's modification time in ms since the epoch.
+fn modified_ms(path: &Path) -> Option<i64> {
+    let modified = fs::metadata(path).ok()?.modified().ok()?;
+    Some(modified.duration_since(UNIX_EPOCH).ok()?.as_millis() as i64)
+}
+
+/// Renames a file to `<name>.deleted`; `Ok(None)` if it does not exist.
+fn rename_deleted(path: &Path) -> Result<Option<PathBuf>, LogError> {
+    let mut doomed = path.as_os_str().to_owned();
+    doomed.push(DELETED_SUFFIX);
+    let doomed = PathBuf::from(doomed);
+    match fs::rename(path, &doomed) {
+        Ok(()) => Ok(Some(doomed)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(LogError::io_path("rename for deletion", path)(e)),
+    }
+}
+
 impl Drop for Inner {
     /// The last clone is gone: close its files.
     fn drop(&mut self) {
@@ -672,6 +771,153 @@ impl Inner {
 
     fn log_path(&self, base: i64) -> PathBuf {
         segment_path(&self.dir, base, LOG_EXT)
+    }
+
+    /// [`PartitionLog::enforce_retention`], blocking.
+    fn enforce_retention(
+        &self,
+        now_ms: i64,
+        config: &LogConfig,
+    ) -> Result<Vec<DeletedSegment>, LogError> {
+        let _pass = self.retention_lock.lock();
+        // Segments without a timestamp are aged by their file's mtime (they
+        // are sealed, so it no longer changes); stat them outside the lock.
+        let untimed: Vec<i64> = {
+            let state = self.state.lock();
+            let sealed = state.segments.len().saturating_sub(1);
+            state
+                .segments
+                .values()
+                .take(sealed)
+                .filter(|s| s.max_timestamp < 0)
+                .map(|s| s.base)
+                .collect()
+        };
+        let mtimes: HashMap<i64, i64> = if config.retention_ms >= 0 {
+            untimed
+                .into_iter()
+                .filter_map(|base| Some((base, modified_ms(&self.log_path(base))?)))
+                .collect()
+        } else {
+            HashMap::new()
+        };
+        // (1) Out of the segment list, under the lock: from here on reads
+        // below the new start are out of range.
+        let (victims, start, size_bytes) = {
+            let mut state = self.state.lock();
+            if state.deleted {
+                return Err(LogError::Deleted(self.dir.display().to_string()));
+            }
+            let sealed: Vec<SegmentInfo> = {
+                let n = state.segments.len().saturating_sub(1);
+                state.segments.values().take(n).copied().collect()
+            };
+            let hw = self.high_watermark.load(Ordering::Acquire);
+            let victims = retention_victims(&sealed, state.size_bytes, hw, config, now_ms, |s| {
+                if s.max_timestamp >= 0 {
+                    s.max_timestamp
+                } else {
+                    // Unknown age: keep it.
+                    mtimes.get(&s.base).copied().unwrap_or(now_ms)
+                }
+            });
+            for (seg, _) in &victims {
+                state.segments.remove(&seg.base);
+                state.size_bytes -= seg.size;
+            }
+            let start = state.segments.first_key_value().map_or(0, |(b, _)| *b);
+            (victims, start, state.size_bytes)
+        };
+        if victims.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.metrics.start_offset.set(start as f64);
+        self.metrics.size_bytes.set(size_bytes as f64);
+        // (2) Rename, oldest first, each `.log` made durable before the next
+        // so that a crash never leaves a hole; (3) unlink.
+        let durable = config.flush != FlushPolicy::Os;
+        let mut doomed = Vec::new();
+        for (seg, _) in &victims {
+            for ext in [LOG_EXT, segment::INDEX_EXT, segment::TIME_INDEX_EXT] {
+                let path = segment_path(&self.dir, seg.base, ext);
+                doomed.extend(rename_deleted(&path)?);
+                self.files.evict(&path);
+            }
+            if durable {
+                segment::sync_dir(&self.dir).map_err(LogError::io_path("fsync", &self.dir))?;
+            }
+        }
+        for path in doomed {
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(LogError::io_path("delete", &path)(e)),
+            }
+        }
+        let mut deleted = Vec::with_capacity(victims.len());
+        for (seg, reason) in victims {
+            tracing::info!(
+                topic = %self.topic,
+                partition = %self.partition,
+                base_offset = seg.base,
+                end_offset = seg.end,
+                size_bytes = seg.size,
+                reason = reason.as_str(),
+                log_start_offset = start,
+                "retention deleted a log segment"
+            );
+            let labels = [
+                ("topic", self.topic.clone()),
+                ("reason", reason.as_str().to_string()),
+            ];
+            metrics::counter!("runnel_retention_deleted_segments_total", &labels).increment(1);
+            metrics::counter!("runnel_retention_deleted_bytes_total", &labels).increment(seg.size);
+            deleted.push(DeletedSegment {
+                base_offset: seg.base,
+                end_offset: seg.end,
+                size_bytes: seg.size,
+                reason,
+            });
+        }
+        Ok(deleted)
+    }
+
+    /// `OffsetOutOfRange` for `requested` against the log as it is now.
+    fn out_of_range(&self, requested: i64) -> LogError {
+        let start = self
+            .state
+            .lock()
+            .segments
+            .first_key_value()
+            .map_or(0, |(b, _)| *b);
+        LogError::OffsetOutOfRange {
+            requested,
+            start,
+            end: self.high_watermark.load(Ordering::Acquire),
+        }
+    }
+
+    /// Opens a file of the segment at `base`. If the file is gone because
+    /// retention deleted the segment since the caller looked it up, the
+    /// answer is `OffsetOutOfRange` for `requested`.
+    fn open_segment_file(
+        &self,
+        base: i64,
+        ext: &str,
+        writable: bool,
+        requested: i64,
+    ) -> Result<(Arc<File>, PathBuf), LogError> {
+        let path = segment_path(&self.dir, base, ext);
+        match self.files.open(&path, writable) {
+            Ok(file) => Ok((file, path)),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::NotFound
+                    && !self.state.lock().segments.contains_key(&base) =>
+            {
+                Err(self.out_of_range(requested))
+            }
+            Err(e) => Err(LogError::io_path("open", &path)(e)),
+        }
     }
 
     fn set_high_watermark(&self, hw: i64) {
@@ -927,11 +1173,7 @@ impl Inner {
                 return Ok(u64::from(state.active.indexes.lookup(rel)));
             }
         }
-        let path = segment_path(&self.dir, seg.base, segment::INDEX_EXT);
-        let file = self
-            .files
-            .open(&path, false)
-            .map_err(LogError::io_path("open", &path))?;
+        let (file, path) = self.open_segment_file(seg.base, segment::INDEX_EXT, false, offset)?;
         let pos =
             segment::lookup_index_file(&file, rel).map_err(LogError::io_path("read", &path))?;
         Ok(u64::from(pos))
@@ -950,11 +1192,8 @@ impl Inner {
         let rel = match rel {
             Some(rel) => rel,
             None => {
-                let path = segment_path(&self.dir, seg.base, segment::TIME_INDEX_EXT);
-                let file = self
-                    .files
-                    .open(&path, false)
-                    .map_err(LogError::io_path("open", &path))?;
+                let (file, path) =
+                    self.open_segment_file(seg.base, segment::TIME_INDEX_EXT, false, seg.base)?;
                 segment::time_lookup_file(&file, ts).map_err(LogError::io_path("read", &path))?
             }
         };
@@ -964,26 +1203,37 @@ impl Inner {
         }
     }
 
-    fn open_log(&self, base: i64) -> Result<(Arc<File>, PathBuf), LogError> {
-        let path = self.log_path(base);
-        let file = self
-            .files
-            .open(&path, true)
-            .map_err(LogError::io_path("open", &path))?;
-        Ok((file, path))
+    /// Opens the `.log` of the segment at `base` for a read of `requested`
+    /// (see [`Self::open_segment_file`]).
+    fn open_log(&self, base: i64, requested: i64) -> Result<(Arc<File>, PathBuf), LogError> {
+        self.open_segment_file(base, LOG_EXT, true, requested)
     }
 
     fn read_blocking(&self, offset: i64, max_bytes: usize, hw: i64) -> Result<Bytes, LogError> {
         let mut from = offset;
         loop {
-            let Some(seg) = self.state.lock().segment_for(from) else {
+            let seg = {
+                let state = self.state.lock();
+                // Retention may have moved the start since the caller
+                // checked it.
+                let start = state.segments.first_key_value().map_or(0, |(b, _)| *b);
+                if from < start {
+                    return Err(LogError::OffsetOutOfRange {
+                        requested: offset,
+                        start,
+                        end: hw,
+                    });
+                }
+                state.segment_for(from)
+            };
+            let Some(seg) = seg else {
                 return Ok(Bytes::new());
             };
             if seg.base >= hw {
                 return Ok(Bytes::new());
             }
             let start = self.index_position(&seg, from)?;
-            let (file, path) = self.open_log(seg.base)?;
+            let (file, path) = self.open_log(seg.base, offset)?;
             let mut reader = ChunkReader::new(&file, seg.size, HEADER_SCAN_CHUNK);
             let mut pos = start;
             // Find the batch that holds `from` (or the first one after it).
@@ -1086,34 +1336,66 @@ impl Inner {
             if seg.max_timestamp < ts {
                 continue;
             }
-            let start = self.time_position(&seg, ts)?;
-            let (file, path) = self.open_log(seg.base)?;
-            let mut reader = ChunkReader::new(&file, seg.size, HEADER_SCAN_CHUNK);
-            let mut pos = start;
-            while let Some(header) = reader
-                .header(pos)
-                .map_err(LogError::io_path("read", &path))?
-            {
-                let header = header.map_err(|e| LogError::corrupt(&path, e))?;
-                if header.base_offset >= hw {
-                    return Ok(None);
-                }
-                if header.max_timestamp >= ts {
-                    let batch = Self::read_batch(&file, &path, pos, &header)?;
-                    let found = Self::record_timestamps(batch, &header, &path)?
-                        .into_iter()
-                        .find(|(_, t)| *t >= ts);
-                    if found.is_some() {
-                        return Ok(found);
-                    }
-                }
-                pos += header.total_len() as u64;
+            match self.timestamp_in_segment(&seg, ts, hw) {
+                Ok(ControlFlow::Break(found)) => return Ok(found),
+                Ok(ControlFlow::Continue(())) => {}
+                // Retention deleted the segment since the listing: the
+                // answer is in the segments after it.
+                Err(LogError::OffsetOutOfRange { .. }) => {}
+                Err(e) => return Err(e),
             }
         }
         Ok(None)
     }
 
+    /// [`Self::offset_for_timestamp`] in one segment: `Break` with the
+    /// answer, or `Continue` to look in the next segment.
+    fn timestamp_in_segment(
+        &self,
+        seg: &SegmentInfo,
+        ts: i64,
+        hw: i64,
+    ) -> Result<ControlFlow<Option<(i64, i64)>>, LogError> {
+        let start = self.time_position(seg, ts)?;
+        let (file, path) = self.open_log(seg.base, seg.base)?;
+        let mut reader = ChunkReader::new(&file, seg.size, HEADER_SCAN_CHUNK);
+        let mut pos = start;
+        while let Some(header) = reader
+            .header(pos)
+            .map_err(LogError::io_path("read", &path))?
+        {
+            let header = header.map_err(|e| LogError::corrupt(&path, e))?;
+            if header.base_offset >= hw {
+                return Ok(ControlFlow::Break(None));
+            }
+            if header.max_timestamp >= ts {
+                let batch = Self::read_batch(&file, &path, pos, &header)?;
+                let found = Self::record_timestamps(batch, &header, &path)?
+                    .into_iter()
+                    .find(|(_, t)| *t >= ts);
+                if found.is_some() {
+                    return Ok(ControlFlow::Break(found));
+                }
+            }
+            pos += header.total_len() as u64;
+        }
+        Ok(ControlFlow::Continue(()))
+    }
+
     fn max_timestamp(&self, hw: i64) -> Result<Option<(i64, i64)>, LogError> {
+        let mut attempt = 0;
+        loop {
+            match self.max_timestamp_once(hw) {
+                // Retention deleted a segment it was reading: start over.
+                Err(LogError::OffsetOutOfRange { .. }) if attempt < RETRIES_AFTER_DELETION => {
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn max_timestamp_once(&self, hw: i64) -> Result<Option<(i64, i64)>, LogError> {
         // (max timestamp, base offset of the first batch that has it).
         let mut best: Option<(i64, i64, SegmentInfo)> = None;
         for seg in self.segments_below(hw) {
@@ -1135,7 +1417,7 @@ impl Inner {
             return Ok(None);
         };
         let start = self.index_position(&seg, batch_offset)?;
-        let (file, path) = self.open_log(seg.base)?;
+        let (file, path) = self.open_log(seg.base, batch_offset)?;
         let mut reader = ChunkReader::new(&file, seg.size, HEADER_SCAN_CHUNK);
         let mut pos = start;
         while let Some(header) = reader
@@ -1171,7 +1453,7 @@ impl Inner {
         seg: &SegmentInfo,
         hw: i64,
     ) -> Result<Option<(i64, i64)>, LogError> {
-        let (file, path) = self.open_log(seg.base)?;
+        let (file, path) = self.open_log(seg.base, seg.base)?;
         let mut reader = ChunkReader::new(&file, seg.size, HEADER_SCAN_CHUNK);
         let mut pos = 0;
         let mut best: Option<(i64, i64)> = None;
@@ -1194,7 +1476,7 @@ impl Inner {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
     use runnel_records::build::{Compression, PlainRecord, build_batch};
 
@@ -1255,5 +1537,70 @@ mod tests {
         assert_eq!(log.high_watermark(), 4);
         assert_eq!(log.max_timestamp().await.unwrap(), Some((3, 99)));
         assert_eq!(log.offset_for_timestamp(25).await.unwrap(), Some((2, 30)));
+    }
+
+    /// A reader that opened a segment before retention deleted it keeps
+    /// reading the whole old data; one that looked the segment up before
+    /// but opens it after gets out-of-range; the cache keeps no handle.
+    #[tokio::test]
+    async fn deletion_under_a_reader() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = FileCache::new(16);
+        let config = LogConfig {
+            segment_bytes: 300,
+            flush: FlushPolicy::Os,
+            retention_bytes: 0,
+            ..LogConfig::default()
+        };
+        let log = PartitionLog::open_with(dir.path(), config, files.clone(), "t", "0").unwrap();
+        for i in 0..10 {
+            log.append(vec![batch(&[i, i + 1, i + 2])], 0)
+                .await
+                .unwrap();
+        }
+        let inner = log.inner.clone();
+        let first = inner.state.lock().segment_for(0).unwrap();
+        let path = inner.log_path(first.base);
+        let held = files.open(&path, true).unwrap();
+        let before = std::fs::read(&path).unwrap();
+        // Looked up before the deletion, opened after it.
+        let second = inner.state.lock().segment_for(first.end).unwrap();
+        let deleted = log.enforce_retention(now_ms()).await.unwrap();
+        assert!(deleted.len() >= 2);
+        assert!(!path.exists());
+        assert!(!files.contains(&path));
+        assert!(!files.contains(&inner.log_path(second.base)));
+        let mut again = vec![0u8; before.len()];
+        held.read_exact_at(&mut again, 0).unwrap();
+        assert_eq!(again, before);
+        let start = log.log_start_offset();
+        for result in [
+            inner.open_log(second.base, second.base).map(|_| ()),
+            inner.index_position(&second, second.base).map(|_| ()),
+            inner
+                .read_blocking(second.base, 100, log.high_watermark())
+                .map(|_| ()),
+        ] {
+            match result {
+                Err(LogError::OffsetOutOfRange {
+                    requested,
+                    start: s,
+                    ..
+                }) => {
+                    assert_eq!((requested, s), (second.base, start));
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        // Timestamp lookups skip what is gone.
+        assert!(
+            inner
+                .timestamp_in_segment(&second, 0, log.high_watermark())
+                .is_err()
+        );
+        assert_eq!(
+            log.offset_for_timestamp(0).await.unwrap().map(|(o, _)| o),
+            Some(start)
+        );
     }
 }

@@ -753,3 +753,447 @@ mod manager {
         assert_eq!(log.log_end_offset(), 1);
     }
 }
+
+mod retention {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    use super::*;
+
+    const DAY: i64 = 24 * 3600 * 1000;
+
+    fn now() -> i64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64
+    }
+
+    fn config(retention_ms: i64, retention_bytes: i64) -> LogConfig {
+        LogConfig {
+            segment_bytes: 2_000,
+            index_interval_bytes: 300,
+            retention_ms,
+            retention_bytes,
+            ..os_config()
+        }
+    }
+
+    /// `(base offset, size)` of every segment on disk, oldest first.
+    fn segments_on_disk(dir: &Path) -> Vec<(i64, u64)> {
+        segment_files(dir, "log")
+            .iter()
+            .map(|p| {
+                let name = p.file_stem().unwrap().to_str().unwrap();
+                (name.parse().unwrap(), std::fs::metadata(p).unwrap().len())
+            })
+            .collect()
+    }
+
+    /// Names in the directory that are left over from a deletion.
+    fn deleted_leftovers(dir: &Path) -> Vec<String> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".deleted"))
+            .collect()
+    }
+
+    /// Appends one batch per timestamp list; returns (base offset, bytes).
+    async fn append_each(log: &PartitionLog, stamps: &[Vec<i64>], tag: &str) -> Vec<(i64, Bytes)> {
+        let mut out = Vec::new();
+        for (i, ts) in stamps.iter().enumerate() {
+            let (h, b) = batch_with(ts, Compression::None, &format!("{tag}{i}"));
+            let info = log.append(vec![(h, b.clone())], 1).await.unwrap();
+            out.push((info.base_offset, b));
+        }
+        out
+    }
+
+    /// Reads from `from` to the high watermark and checks every batch is
+    /// the appended one, in order.
+    async fn check_from(log: &PartitionLog, from: i64, written: &[(i64, Bytes)]) {
+        let expected: Vec<&(i64, Bytes)> = written.iter().filter(|(b, _)| *b >= from).collect();
+        let mut next = from;
+        let mut got = 0;
+        while next < log.high_watermark() {
+            for (h, b) in split(log.read(next, 1_000).await.unwrap()) {
+                let (base, original) = expected[got];
+                assert_eq!(h.base_offset, *base);
+                assert_same_batch(&b, original, *base, 1);
+                next = h.next_offset();
+                got += 1;
+            }
+        }
+        assert_eq!(got, expected.len());
+    }
+
+    fn assert_out_of_range(result: Result<Bytes, LogError>, offset: i64, start: i64) {
+        match result {
+            Err(LogError::OffsetOutOfRange {
+                requested,
+                start: s,
+                ..
+            }) => assert_eq!((requested, s), (offset, start)),
+            other => panic!("read at {offset}: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn time_retention_deletes_sealed_segments_older_than_retention_ms() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = now();
+        // Kept forever: nothing happens.
+        let log = PartitionLog::open(dir.path(), config(-1, -1)).unwrap();
+        let old: Vec<Vec<i64>> = (0..40)
+            .map(|i| vec![now - 10 * DAY + i, now - 10 * DAY])
+            .collect();
+        let mut written = append_each(&log, &old, "old").await;
+        let boundary = log.log_end_offset();
+        let recent: Vec<Vec<i64>> = (0..40).map(|i| vec![now - 1_000 + i]).collect();
+        written.extend(append_each(&log, &recent, "new").await);
+        let before = segments_on_disk(dir.path());
+        assert!(before.len() > 4, "{before:?}");
+        assert!(log.enforce_retention(now).await.unwrap().is_empty());
+        // cleanup.policy without delete: nothing either.
+        log.set_config(LogConfig {
+            delete: false,
+            ..config(DAY, -1)
+        });
+        assert!(log.enforce_retention(now).await.unwrap().is_empty());
+        assert_eq!(log.log_start_offset(), 0);
+
+        log.set_config(config(DAY, -1));
+        let deleted = log.enforce_retention(now).await.unwrap();
+        // Every segment holding only old data goes; the one with the first
+        // recent batch stays.
+        let expected_start = before
+            .iter()
+            .map(|(b, _)| *b)
+            .filter(|b| *b <= boundary)
+            .max()
+            .unwrap();
+        assert!(expected_start > 0);
+        let start = log.log_start_offset();
+        assert_eq!(start, expected_start);
+        assert_eq!(deleted[0].base_offset, 0);
+        for pair in deleted.windows(2) {
+            assert_eq!(pair[0].end_offset, pair[1].base_offset);
+        }
+        assert_eq!(deleted.last().unwrap().end_offset, start);
+        assert!(deleted.iter().all(|d| d.reason == RetentionReason::Time));
+        let deleted_bytes: u64 = deleted.iter().map(|d| d.size_bytes).sum();
+        let before_bytes: u64 = before.iter().map(|(_, s)| s).sum();
+        // Files, sizes and leftovers.
+        let after = segments_on_disk(dir.path());
+        assert_eq!(after.first().unwrap().0, start);
+        assert_eq!(after.len(), before.len() - deleted.len());
+        assert_eq!(log.size_bytes(), before_bytes - deleted_bytes);
+        assert_eq!(log.size_bytes(), after.iter().map(|(_, s)| s).sum::<u64>());
+        assert_eq!(segment_files(dir.path(), "index").len(), after.len() - 1);
+        assert_eq!(
+            segment_files(dir.path(), "timeindex").len(),
+            after.len() - 1
+        );
+        assert!(deleted_leftovers(dir.path()).is_empty());
+
+        // Reads below the start are out of range; from it on all intact.
+        for offset in [0, start / 2, start - 1] {
+            assert_out_of_range(log.read(offset, 1_000).await, offset, start);
+        }
+        check_from(&log, start, &written).await;
+        // Timestamp lookups only find what is left.
+        let (first, _) = log.offset_for_timestamp(0).await.unwrap().unwrap();
+        assert_eq!(first, start);
+        assert_eq!(
+            log.offset_for_timestamp(now - 1_000).await.unwrap(),
+            Some((boundary, now - 1_000))
+        );
+        assert_eq!(log.offset_for_timestamp(now).await.unwrap(), None);
+        // Again: nothing more to delete; appends carry on.
+        assert!(log.enforce_retention(now).await.unwrap().is_empty());
+        let info = log
+            .append(vec![batch_of(2, now, "after")], 1)
+            .await
+            .unwrap();
+        assert_eq!(
+            info.base_offset,
+            written.last().map(|(b, _)| b + 1).unwrap()
+        );
+    }
+
+    /// Kafka's rule: delete the oldest segments while the log without them
+    /// is still at least `retention.bytes`.
+    #[tokio::test]
+    async fn size_retention_keeps_at_least_retention_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = PartitionLog::open(dir.path(), config(-1, 7_000)).unwrap();
+        let written = fill(&log, 150, 1).await;
+        let before = segments_on_disk(dir.path());
+        let mut size: u64 = before.iter().map(|(_, s)| s).sum();
+        let mut expected = 0;
+        while expected < before.len() - 1 && size - before[expected].1 >= 7_000 {
+            size -= before[expected].1;
+            expected += 1;
+        }
+        assert!(expected > 5, "{before:?}");
+        let deleted = log.enforce_retention(now()).await.unwrap();
+        assert_eq!(deleted.len(), expected);
+        assert!(deleted.iter().all(|d| d.reason == RetentionReason::Size));
+        let start = log.log_start_offset();
+        assert_eq!(start, before[expected].0);
+        assert_eq!(log.size_bytes(), size);
+        assert!(log.size_bytes() >= 7_000);
+        assert!(log.size_bytes() - before[expected].1 < 7_000);
+        assert_out_of_range(log.read(start - 1, 10).await, start - 1, start);
+        check_from(&log, start, &written).await;
+        assert!(log.enforce_retention(now()).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_active_segment_is_never_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let ancient = now() - 100 * DAY;
+        // One segment only: the active one, however old and large.
+        let log = PartitionLog::open(dir.path(), config(0, 0)).unwrap();
+        let batches: Vec<Vec<i64>> = (0..3).map(|i| vec![ancient + i]).collect();
+        let written = append_each(&log, &batches, "a").await;
+        assert!(log.enforce_retention(now()).await.unwrap().is_empty());
+        check_from(&log, 0, &written).await;
+
+        // Many segments: all the sealed ones go, by time first.
+        let more: Vec<Vec<i64>> = (0..60).map(|i| vec![ancient + i, ancient]).collect();
+        let mut written = written;
+        written.extend(append_each(&log, &more, "b").await);
+        let before = segments_on_disk(dir.path());
+        let active = before.last().unwrap().0;
+        let deleted = log.enforce_retention(now()).await.unwrap();
+        assert_eq!(deleted.len(), before.len() - 1);
+        assert!(deleted.iter().all(|d| d.reason == RetentionReason::Time));
+        assert_eq!(log.log_start_offset(), active);
+        assert_eq!(segments_on_disk(dir.path()), vec![*before.last().unwrap()]);
+        check_from(&log, active, &written).await;
+
+        // retention.bytes 0 and recent data: size deletes the sealed ones.
+        log.set_config(config(-1, 0));
+        let recent: Vec<Vec<i64>> = (0..60).map(|i| vec![now() + i]).collect();
+        written.extend(append_each(&log, &recent, "c").await);
+        let before = segments_on_disk(dir.path());
+        let deleted = log.enforce_retention(now()).await.unwrap();
+        assert_eq!(deleted.len(), before.len() - 1);
+        assert!(deleted.iter().all(|d| d.reason == RetentionReason::Size));
+        assert_eq!(segments_on_disk(dir.path()), vec![*before.last().unwrap()]);
+        check_from(&log, log.log_start_offset(), &written).await;
+    }
+
+    #[tokio::test]
+    async fn the_start_offset_survives_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = PartitionLog::open(dir.path(), config(-1, 5_000)).unwrap();
+        let written = fill(&log, 100, 1).await;
+        assert!(!log.enforce_retention(now()).await.unwrap().is_empty());
+        let (start, end) = (log.log_start_offset(), log.log_end_offset());
+        assert!(start > 0);
+        drop(log);
+        let log = PartitionLog::open(dir.path(), config(-1, 5_000)).unwrap();
+        assert_eq!((log.log_start_offset(), log.log_end_offset()), (start, end));
+        assert_out_of_range(log.read(start - 1, 10).await, start - 1, start);
+        check_from(&log, start, &written).await;
+        assert!(log.enforce_retention(now()).await.unwrap().is_empty());
+    }
+
+    /// With every sealed segment deleted and the active segment empty (a
+    /// crash right after a roll), the log starts where it ends, before and
+    /// after a restart.
+    #[tokio::test]
+    async fn an_emptied_log_starts_at_its_end_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = PartitionLog::open(dir.path(), config(-1, 0)).unwrap();
+        fill(&log, 60, 1).await;
+        let end = log.log_end_offset();
+        drop(log);
+        std::fs::File::create(dir.path().join(format!("{end:020}.log"))).unwrap();
+        let log = PartitionLog::open(dir.path(), config(-1, 0)).unwrap();
+        assert!(!log.enforce_retention(now()).await.unwrap().is_empty());
+        assert_eq!(
+            (
+                log.log_start_offset(),
+                log.log_end_offset(),
+                log.size_bytes()
+            ),
+            (end, end, 0)
+        );
+        drop(log);
+        let log = PartitionLog::open(dir.path(), config(-1, 0)).unwrap();
+        assert_eq!(
+            (
+                log.log_start_offset(),
+                log.log_end_offset(),
+                log.high_watermark()
+            ),
+            (end, end, end)
+        );
+        assert!(log.read(end, 100).await.unwrap().is_empty());
+        assert_out_of_range(log.read(end - 1, 100).await, end - 1, end);
+        assert_out_of_range(log.read(0, 100).await, 0, end);
+        assert_eq!(log.offset_for_timestamp(0).await.unwrap(), None);
+        assert_eq!(log.max_timestamp().await.unwrap(), None);
+        let info = log.append(vec![batch_of(3, now(), "x")], 2).await.unwrap();
+        assert_eq!(info.base_offset, end);
+        assert_eq!(split(log.read(end, 1 << 20).await.unwrap()).len(), 1);
+    }
+
+    /// A crash in the middle of a deletion leaves `.deleted` files (and
+    /// maybe index files of a segment whose log is already renamed): open
+    /// removes them, and the start offset is the first remaining segment.
+    #[tokio::test]
+    async fn open_removes_leftovers_of_an_interrupted_deletion() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = PartitionLog::open(dir.path(), config(-1, -1)).unwrap();
+        let written = fill(&log, 60, 1).await;
+        drop(log);
+        let segments = segments_on_disk(dir.path());
+        assert!(segments.len() > 3);
+        let rename = |base: i64, ext: &str| {
+            let from = dir.path().join(format!("{base:020}.{ext}"));
+            let to = dir.path().join(format!("{base:020}.{ext}.deleted"));
+            std::fs::rename(from, to).unwrap();
+        };
+        // Segment 0 wholly renamed; segment 1's log renamed, its indexes not.
+        for ext in ["log", "index", "timeindex"] {
+            rename(segments[0].0, ext);
+        }
+        rename(segments[1].0, "log");
+        assert_eq!(deleted_leftovers(dir.path()).len(), 4);
+
+        let log = PartitionLog::open(dir.path(), config(-1, -1)).unwrap();
+        let start = segments[2].0;
+        assert_eq!(log.log_start_offset(), start);
+        assert!(deleted_leftovers(dir.path()).is_empty());
+        let index_bases: Vec<String> = segment_files(dir.path(), "index")
+            .iter()
+            .map(|p| p.file_stem().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert!(!index_bases.contains(&format!("{:020}", segments[1].0)));
+        assert_eq!(index_bases.len(), segments.len() - 3);
+        assert_out_of_range(log.read(0, 10).await, 0, start);
+        check_from(&log, start, &written).await;
+    }
+
+    /// Reads, timestamp lookups and appends running while retention deletes
+    /// segments under them: every read is either out of range or whole,
+    /// CRC-valid batches starting at the batch that holds the offset.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_reads_during_deletion_never_see_corrupt_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = LogConfig {
+            segment_bytes: 1_500,
+            index_interval_bytes: 200,
+            retention_bytes: 6_000,
+            ..os_config()
+        };
+        // A small file cache, so reads keep reopening files.
+        let files = FileCache::new(4);
+        let log = PartitionLog::open_with(dir.path(), config, files, "race", "0").unwrap();
+        fill(&log, 20, 1).await;
+        let done = Arc::new(AtomicBool::new(false));
+        let reads_ok = Arc::new(AtomicU64::new(0));
+        let out_of_range = Arc::new(AtomicU64::new(0));
+        let mut readers = Vec::new();
+        for r in 0..3u64 {
+            let (log, done) = (log.clone(), done.clone());
+            let (reads_ok, out_of_range) = (reads_ok.clone(), out_of_range.clone());
+            readers.push(tokio::spawn(async move {
+                let mut seed = 0x9E37_79B9_7F4A_7C15u64.wrapping_mul(r + 1);
+                while !done.load(Ordering::Acquire) {
+                    seed = seed
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    let hw = log.high_watermark();
+                    let start = log.log_start_offset();
+                    // Mostly near the start, where deletions happen.
+                    let span = if seed.is_multiple_of(3) {
+                        hw.max(1)
+                    } else {
+                        (hw - start).clamp(1, 40)
+                    };
+                    let offset = if seed.is_multiple_of(3) {
+                        (seed >> 8) as i64 % span
+                    } else {
+                        (start - 5).max(0) + (seed >> 8) as i64 % span
+                    };
+                    match log.read(offset, 2_000).await {
+                        Ok(buf) => {
+                            let batches = split(buf); // checks CRCs
+                            if batches.is_empty() {
+                                continue;
+                            }
+                            let first = &batches[0].0;
+                            assert!(
+                                first.base_offset <= offset && offset < first.next_offset(),
+                                "read at {offset} began with batch {}",
+                                first.base_offset
+                            );
+                            for pair in batches.windows(2) {
+                                assert_eq!(pair[0].0.next_offset(), pair[1].0.base_offset);
+                            }
+                            for (h, b) in &batches {
+                                let records = decode_records(b.clone()).unwrap();
+                                assert_eq!(records.len() as i64, h.next_offset() - h.base_offset);
+                            }
+                            reads_ok.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(LogError::OffsetOutOfRange {
+                            requested, start, ..
+                        }) => {
+                            assert_eq!(requested, offset);
+                            assert!(offset < start || offset > log.high_watermark());
+                            out_of_range.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => panic!("read at {offset}: {e}"),
+                    }
+                    if seed.is_multiple_of(16) {
+                        let found = log.offset_for_timestamp(0).await.unwrap();
+                        assert!(found.is_some());
+                        log.max_timestamp().await.unwrap();
+                    }
+                }
+            }));
+        }
+        let retention = {
+            let (log, done) = (log.clone(), done.clone());
+            tokio::spawn(async move {
+                let mut deleted = 0;
+                while !done.load(Ordering::Acquire) {
+                    deleted += log.enforce_retention(now()).await.unwrap().len();
+                    tokio::task::yield_now().await;
+                }
+                deleted
+            })
+        };
+        fill(&log, 400, 1).await;
+        // Let the readers run against the final state too.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        done.store(true, Ordering::Release);
+        for r in readers {
+            r.await.unwrap();
+        }
+        let deleted = retention.await.unwrap();
+        assert!(deleted > 20, "only {deleted} segments deleted");
+        let ok = reads_ok.load(Ordering::Relaxed);
+        let oor = out_of_range.load(Ordering::Relaxed);
+        eprintln!("{ok} reads, {oor} out of range, {deleted} segments deleted");
+        assert!(ok > 100 && oor > 0, "{ok} reads, {oor} out of range");
+        let start = log.log_start_offset();
+        assert!(start > 0);
+        let mut next = start;
+        while next < log.high_watermark() {
+            for (h, _) in split(log.read(next, 1 << 20).await.unwrap()) {
+                assert_eq!(h.base_offset, next);
+                next = h.next_offset();
+            }
+        }
+        assert!(deleted_leftovers(dir.path()).is_empty());
+        assert_eq!(segments_on_disk(dir.path()).first().unwrap().0, start);
+    }
+}
