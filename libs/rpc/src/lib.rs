@@ -39,7 +39,13 @@ pub fn server() -> tonic::transport::Server {
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .initial_connection_window_size(Some(8 * 1024 * 1024))
         .initial_stream_window_size(Some(4 * 1024 * 1024))
+        // Batches are tens of KiB and up: larger HTTP/2 frames mean fewer
+        // frames, wake-ups and copies per message than the 16 KiB default.
+        .max_frame_size(Some(HTTP2_FRAME_BYTES))
 }
+
+/// HTTP/2 frame size both sides advertise.
+const HTTP2_FRAME_BYTES: u32 = 1024 * 1024;
 
 /// The health and reflection services every role serves, plus the health
 /// reporter to mark services serving or not.
@@ -96,7 +102,8 @@ pub fn endpoint(address: &str) -> Result<Endpoint, RpcError> {
         .keep_alive_timeout(Duration::from_secs(10))
         .keep_alive_while_idle(true)
         .initial_connection_window_size(Some(8 * 1024 * 1024))
-        .initial_stream_window_size(Some(4 * 1024 * 1024)))
+        .initial_stream_window_size(Some(4 * 1024 * 1024))
+        .max_frame_size(Some(HTTP2_FRAME_BYTES)))
 }
 
 /// A channel to `address` that connects on first use and reconnects after
