@@ -40,7 +40,7 @@ wait_for() {
 }
 
 if [ -z "${RUNNEL_KAFKA_BOOTSTRAP:-}" ]; then
-    runnel=${RUNNEL_BIN:-$root/target/debug/runnel}
+    runnel=${RUNNEL_BIN:-${CARGO_TARGET_DIR:-$root/target}/debug/runnel}
     if [ ! -x "$runnel" ]; then (cd "$root" && cargo build -q -p runnel); fi
     work=$(mktemp -d)
     pids=()
