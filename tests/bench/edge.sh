@@ -20,7 +20,7 @@
 # plus python3 (for the summary) and curl (for the edge's metrics).
 #
 # Knobs (environment):
-#   RECORDS=3000000       records per throughput workload (-c)
+#   RECORDS=5000000       records per throughput workload (-c)
 #   RECORD_BYTES=100      bytes per record value (-s)
 #   BATCH_RECORDS=1000    records per batch (batch.num.messages / --batch-records)
 #   IN_FLIGHT=5           produce requests in flight (max.in.flight... / --in-flight)
@@ -38,7 +38,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$ROOT"
 
-RECORDS=${RECORDS:-3000000}
+RECORDS=${RECORDS:-5000000}
 RECORD_BYTES=${RECORD_BYTES:-100}
 BATCH_RECORDS=${BATCH_RECORDS:-1000}
 IN_FLIGHT=${IN_FLIGHT:-5}
@@ -63,8 +63,18 @@ for tool in python3 curl cargo make cc; do
     command -v "$tool" >/dev/null || die "needs $tool on PATH"
 done
 
-# Processes this script started, stopped on exit.
+# Processes this script started and has not stopped yet, stopped on exit.
 PIDS=()
+forget() {
+    local rest=() p
+    for p in "${PIDS[@]}"; do [[ "$p" == "$1" ]] || rest+=("$p"); done
+    PIDS=("${rest[@]}")
+}
+stop() {
+    kill "$1" 2>/dev/null || true
+    wait "$1" 2>/dev/null || true
+    forget "$1"
+}
 cleanup() {
     for pid in "${PIDS[@]}"; do
         kill "$pid" 2>/dev/null || true
@@ -86,7 +96,11 @@ build_rdkafka_performance() {
     [[ -x "$RDKAFKA_PERF" ]] && return
     log "building rdkafka_performance from the rdkafka-sys crate's librdkafka (≈1 min)"
     local src
-    src=$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/rdkafka-sys-*/librdkafka 2>/dev/null | sort -V | tail -1 || true)
+    rdkafka_src() {
+        find "${CARGO_HOME:-$HOME/.cargo}/registry/src" -mindepth 3 -maxdepth 3 -type d \
+            -path '*/rdkafka-sys-*/librdkafka' 2>/dev/null | sort -V | tail -1 || true
+    }
+    src=$(rdkafka_src)
     if [[ -z "$src" ]]; then
         local proj
         proj=$(mktemp -d)
@@ -104,7 +118,8 @@ EOF
         echo 'fn main() {}' >"$proj/src/main.rs"
         (cd "$proj" && cargo fetch -q)
         rm -rf "$proj"
-        src=$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/rdkafka-sys-*/librdkafka | sort -V | tail -1)
+        src=$(rdkafka_src)
+        [[ -n "$src" ]] || die "cargo fetch did not bring rdkafka-sys's librdkafka source"
     fi
     local build
     build=$(mktemp -d)
@@ -129,7 +144,7 @@ install_tansu() {
 }
 
 build_runnel() {
-    if [[ -x "$RUNNEL" ]] && "$RUNNEL" perf grpc produce --help >/dev/null 2>&1; then
+    if [[ -x "$RUNNEL" ]] && "$RUNNEL" perf grpc consume --help 2>/dev/null | grep -q -- --serial; then
         return
     fi
     log "building runnel (cargo build --release -p runnel)"
@@ -182,23 +197,55 @@ rdkafka_latency() {
     timeout 300 "$RDKAFKA_PERF" -C -t "$topic" -p 0 -b "$broker" -o end -l -A "$OUT/$name.e2e.us" \
         -c "$LAT_RECORDS" >"$OUT/$name.consumer.log" 2>&1 &
     local consumer=$!
+    PIDS+=("$consumer")
     sleep 3 # the consumer has fetched the end offset and is long-polling
     timeout 300 "$RDKAFKA_PERF" -P -t "$topic" -p 0 -b "$broker" -s "$RECORD_BYTES" -a -1 \
         -c "$LAT_RECORDS" -r "$LAT_RATE" -l -A "$OUT/$name.ack.us" -X linger.ms=0 \
         "${RK_COMMON[@]}" >"$OUT/$name.log" 2>&1 || die "$name failed; see $OUT/$name.log"
-    wait "$consumer" || die "$name consumer failed; see $OUT/$name.consumer.log"
+    local status=0
+    wait "$consumer" || status=$?
+    forget "$consumer"
+    [[ $status == 0 ]] || die "$name consumer failed; see $OUT/$name.consumer.log"
 }
 
-# The edge's own view of its Produce requests (requests, bytes, seconds).
-edge_metrics() {
-    curl -sf "http://$METRICS/metrics" | python3 -c '
-import re, sys
+# scrape FILE: the server's CPU time so far and, for runnel, the per-stage
+# counters of its /metrics that the summary turns into per-request means for
+# a phase (differences of two scrapes).
+scrape() {
+    local metrics=""
+    [[ -n "${METRICS:-}" ]] && metrics=$(curl -sf "http://$METRICS/metrics")
+    SERVER_PID=$SERVER_PID CLK_TCK=$(getconf CLK_TCK) python3 -c '
+import json, os, re, sys
 text = sys.stdin.read()
 def total(pattern):
     return sum(float(m) for m in re.findall(r"^" + pattern + r" ([0-9.e+-]+)$", text, re.M))
-print(total(r"runnel_edge_requests_total\{api=\"Produce\",[^}]*\}"),
-      total(r"runnel_edge_produce_bytes_total"),
-      total(r"runnel_edge_request_duration_seconds_sum\{api=\"Produce\"\}"))'
+stages = {
+    "edge": r"runnel_edge_request_duration_seconds_%s\{api=\"Produce\"\}",
+    "ingest": r"runnel_request_duration_seconds_%s\{service=\"ingest\",method=\"Produce\"\}",
+    "append": r"runnel_request_duration_seconds_%s\{service=\"storage\",method=\"Append\"\}",
+    "fsync": r"runnel_log_fsync_seconds_%s",
+    "edge_fetch": r"runnel_edge_request_duration_seconds_%s\{api=\"Fetch\"\}",
+    "storage_fetch": r"runnel_request_duration_seconds_%s\{service=\"storage\",method=\"Fetch\"\}",
+}
+out = {k: {"sum": total(v % "sum"), "count": total(v % "count"),
+           "fast": total((v % "bucket").replace("\\}", ",le=\"0.25\"\\}").replace("_bucket,", "_bucket\\{"))}
+       for k, v in stages.items()}
+out["edge_produce_bytes"] = total(r"runnel_edge_produce_bytes_total")
+with open("/proc/%s/stat" % os.environ["SERVER_PID"]) as f:
+    fields = f.read().rsplit(")", 1)[1].split()
+out["server_cpu_s"] = (int(fields[11]) + int(fields[12])) / int(os.environ["CLK_TCK"])
+print(json.dumps(out))' <<<"$metrics" >"$1"
+}
+
+# phase NAME COMMAND...: runs one workload between two scrapes, timing the
+# client's CPU (bash's `time` counts the children it waits for).
+phase() {
+    local name=$1
+    shift
+    scrape "$OUT/$name.before.json"
+    local TIMEFORMAT='%3R %3U %3S'
+    { time "$@" 2>&3; } 3>&2 2>"$OUT/$name.client-time"
+    scrape "$OUT/$name.after.json"
 }
 
 grpc() {
@@ -226,6 +273,7 @@ run_runnel() {
         --kafka-port 0 --metrics-listen "$METRICS" --flush "$flush" >"$OUT/$tag.dev.log" 2>&1 &
     local pid=$!
     PIDS+=("$pid")
+    SERVER_PID=$pid
     for _ in $(seq 1 300); do
         grep -q '^  Kafka (edge)' "$OUT/$tag.dev.log" && break
         kill -0 "$pid" 2>/dev/null || die "runnel dev stopped; see $OUT/$tag.dev.log"
@@ -240,26 +288,25 @@ run_runnel() {
     topic edge-tp
     topic edge-lat
     # Produce: through the edge, then the same over gRPC.
-    local before after
-    before=$(edge_metrics)
-    rdkafka_produce "$tag.edge.produce" "$KAFKA" edge-tp
-    after=$(edge_metrics)
-    echo "$before $after" >"$OUT/$tag.edge.produce.metrics"
-    grpc "$tag.grpc.produce" produce --topic grpc-tp --records "$RECORDS" \
+    phase "$tag.edge.produce" rdkafka_produce "$tag.edge.produce" "$KAFKA" edge-tp
+    phase "$tag.grpc.produce" grpc "$tag.grpc.produce" produce --topic grpc-tp --records "$RECORDS" \
         --batch-records "$BATCH_RECORDS" --in-flight "$IN_FLIGHT"
-    # The same over gRPC one request at a time: what the edge's one request
-    # per connection at a time allows (see docs/benchmarks.md).
-    grpc "$tag.grpc1.produce" produce --topic grpc1-tp --records "$RECORDS" \
-        --batch-records "$BATCH_RECORDS" --in-flight 1
+    # One call in flight carrying IN_FLIGHT batches' worth of records: what
+    # the edge would do if it merged the requests queued on a connection into
+    # one ingest call (the fix proposed in docs/benchmarks.md).
+    phase "$tag.grpc1.produce" grpc "$tag.grpc1.produce" produce --topic grpc1-tp --records "$RECORDS" \
+        --batch-records "$((BATCH_RECORDS * IN_FLIGHT))" --in-flight 1
     # Consume each topic back from the beginning.
-    rdkafka_consume "$tag.edge.consume" "$KAFKA" edge-tp
-    grpc "$tag.grpc.consume" consume --topic grpc-tp --records "$RECORDS"
+    phase "$tag.edge.consume" rdkafka_consume "$tag.edge.consume" "$KAFKA" edge-tp
+    phase "$tag.grpc.consume" grpc "$tag.grpc.consume" consume --topic grpc-tp --records "$RECORDS"
+    # The same decoding each response before the next fetch, as librdkafka's
+    # broker thread does.
+    phase "$tag.grpcs.consume" grpc "$tag.grpcs.consume" consume --topic grpc-tp --records "$RECORDS" --serial
     # Latency at a fixed rate, one record per request.
-    rdkafka_latency "$tag.edge.latency" "$KAFKA" edge-lat
-    grpc "$tag.grpc.latency" latency --topic grpc-lat --records "$LAT_RECORDS" --rate "$LAT_RATE"
+    phase "$tag.edge.latency" rdkafka_latency "$tag.edge.latency" "$KAFKA" edge-lat
+    phase "$tag.grpc.latency" grpc "$tag.grpc.latency" latency --topic grpc-lat --records "$LAT_RECORDS" --rate "$LAT_RATE"
 
-    kill "$pid"
-    wait "$pid" 2>/dev/null || true
+    stop "$pid"
     rm -rf "$data"
 }
 
@@ -272,6 +319,8 @@ run_tansu() {
         --storage-engine memory://tansu/ >"$OUT/tansu.broker.log" 2>&1 &
     local pid=$!
     PIDS+=("$pid")
+    SERVER_PID=$pid
+    METRICS=
     for _ in $(seq 1 300); do
         (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
         kill -0 "$pid" 2>/dev/null || die "tansu stopped; see $OUT/tansu.broker.log"
@@ -281,18 +330,17 @@ run_tansu() {
         "$TANSU" topic create "$t" --partitions "$PARTITIONS" --broker "tcp://$broker" \
             >>"$OUT/tansu.topics.log" 2>&1 || die "creating tansu topic $t failed; see $OUT/tansu.topics.log"
     done
-    rdkafka_produce tansu.produce "$broker" tansu-tp
-    rdkafka_consume tansu.consume "$broker" tansu-tp
-    rdkafka_latency tansu.latency "$broker" tansu-lat
-    kill "$pid"
-    wait "$pid" 2>/dev/null || true
+    phase tansu.produce rdkafka_produce tansu.produce "$broker" tansu-tp
+    phase tansu.consume rdkafka_consume tansu.consume "$broker" tansu-tp
+    phase tansu.latency rdkafka_latency tansu.latency "$broker" tansu-lat
+    stop "$pid"
 }
 
 log "results in $OUT"
 {
     echo "date: $(date -u +%FT%TZ)"
     echo "host: $(uname -srm), $(nproc) cores"
-    echo "runnel: $("$RUNNEL" --version)"
+    echo "runnel: $("$RUNNEL" --version), binary built $(date -u -r "$RUNNEL" +%FT%TZ)"
     echo "rdkafka_performance: librdkafka $("$RDKAFKA_PERF" -h 2>&1 | sed -n 's/^librdkafka version \([^ ]*\).*/\1/p')"
     [[ "$SKIP_TANSU" == 1 ]] || echo "tansu: $("$TANSU" --version 2>/dev/null || echo "$TANSU_VERSION")"
     echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
@@ -350,6 +398,35 @@ def latency_file(name):
     return percentiles([int(x) for x in read(name).split()])
 
 
+def stages(name):
+    """Per-request means (ms) of each stage runnel timed during a phase."""
+    a, b = json.loads(read(name + ".before.json")), json.loads(read(name + ".after.json"))
+    out = {}
+    for k in ["edge", "ingest", "append", "fsync", "edge_fetch", "storage_fetch"]:
+        n = b[k]["count"] - a[k]["count"]
+        total = b[k]["sum"] - a[k]["sum"]
+        if k.endswith("fetch"):
+            # Long polls that found nothing at the end of a topic (over
+            # 250 ms: they wait the 500 ms fetch.wait.max.ms) are left out.
+            idle = n - (b[k]["fast"] - a[k]["fast"])
+            n, total = n - idle, max(0.0, total - 0.5 * idle)
+        out[k] = {"count": n, "mean_ms": total * 1e3 / n if n else None}
+    n = out["edge"]["count"]
+    out["edge_bytes_per_request"] = (b["edge_produce_bytes"] - a["edge_produce_bytes"]) / n if n else None
+    return out
+
+
+def cpu(name, records):
+    """CPU the server and the client used over a phase, per record (µs) and
+    as cores busy on average."""
+    a, b = json.loads(read(name + ".before.json")), json.loads(read(name + ".after.json"))
+    wall, user, system = (float(x) for x in read(name + ".client-time").split()[-3:])
+    server = b["server_cpu_s"] - a["server_cpu_s"]
+    return {"wall_s": wall, "server_cpu_s": server, "client_cpu_s": user + system,
+            "server_us_per_record": server * 1e6 / records, "client_us_per_record": (user + system) * 1e6 / records,
+            "server_cores": server / wall, "client_cores": (user + system) / wall}
+
+
 def grpc(name):
     lines = [l for l in read(name + ".log").splitlines() if l.startswith("{")]
     return json.loads(lines[-1])
@@ -359,22 +436,31 @@ results = {"parameters": {k: env[k] for k in ["RECORDS", "RECORD_BYTES", "BATCH_
            "environment": read("environment.txt").strip().splitlines(), "systems": {}}
 for flush in flushes:
     tag = f"runnel-{flush}"
-    before, after = [], []
-    nums = [float(x) for x in read(f"{tag}.edge.produce.metrics").split()]
-    reqs, nbytes, secs = nums[3] - nums[0], nums[4] - nums[1], nums[5] - nums[2]
     edge = {"produce": rdkafka(f"{tag}.edge.produce"), "consume": rdkafka(f"{tag}.edge.consume"),
             "latency": {"ack": latency_file(f"{tag}.edge.latency.ack.us"), "end_to_end": latency_file(f"{tag}.edge.latency.e2e.us")}}
-    edge["produce"]["edge_requests"] = reqs
-    edge["produce"]["edge_bytes_per_request"] = nbytes / reqs if reqs else None
-    edge["produce"]["edge_ms_per_request"] = secs * 1e3 / reqs if reqs else None
-    g = {"produce": grpc(f"{tag}.grpc.produce"), "produce_in_flight_1": grpc(f"{tag}.grpc1.produce"), "consume": grpc(f"{tag}.grpc.consume")}
+    edge["produce"]["stages"] = stages(f"{tag}.edge.produce")
+    edge["produce"]["cpu"] = cpu(f"{tag}.edge.produce", edge["produce"]["records"])
+    edge["consume"]["cpu"] = cpu(f"{tag}.edge.consume", edge["consume"]["records"])
+    edge["latency"]["stages"] = stages(f"{tag}.edge.latency")
+    g = {"produce": grpc(f"{tag}.grpc.produce"), "produce_coalesced": grpc(f"{tag}.grpc1.produce"), "consume": grpc(f"{tag}.grpc.consume")}
     gl = grpc(f"{tag}.grpc.latency")
-    g["latency"] = {"ack": gl["latency"], "end_to_end": gl["end_to_end"]}
+    g["latency"] = {"ack": gl["latency"], "end_to_end": gl["end_to_end"], "stages": stages(f"{tag}.grpc.latency")}
+    g["produce"]["stages"] = stages(f"{tag}.grpc.produce")
+    g["produce_coalesced"]["stages"] = stages(f"{tag}.grpc1.produce")
+    g["consume_serial"] = grpc(f"{tag}.grpcs.consume")
+    edge["consume"]["stages"] = stages(f"{tag}.edge.consume")
+    g["consume"]["stages"] = stages(f"{tag}.grpc.consume")
+    g["consume_serial"]["stages"] = stages(f"{tag}.grpcs.consume")
+    for k, n in [("produce", "grpc.produce"), ("produce_coalesced", "grpc1.produce"), ("consume", "grpc.consume"), ("consume_serial", "grpcs.consume")]:
+        g[k]["cpu"] = cpu(f"{tag}.{n}", g[k]["records"])
     results["systems"][f"{tag} edge"] = edge
     results["systems"][f"{tag} grpc"] = g
 if tansu:
     results["systems"]["tansu memory"] = {"produce": rdkafka("tansu.produce"), "consume": rdkafka("tansu.consume"),
                                           "latency": {"ack": latency_file("tansu.latency.ack.us"), "end_to_end": latency_file("tansu.latency.e2e.us")}}
+    for k in ["produce", "consume"]:
+        t = results["systems"]["tansu memory"][k]
+        t["cpu"] = cpu(f"tansu.{k}", t["records"])
 
 S = results["systems"]
 ratios = {}
@@ -382,8 +468,9 @@ for flush in flushes:
     e, g = S[f"runnel-{flush} edge"], S[f"runnel-{flush} grpc"]
     r = ratios[f"runnel-{flush}"] = {
         "edge/grpc produce throughput": e["produce"]["records_per_s"] / g["produce"]["records_per_s"],
-        "edge/grpc(in-flight 1) produce throughput": e["produce"]["records_per_s"] / g["produce_in_flight_1"]["records_per_s"],
+        "edge/grpc(coalesced) produce throughput": e["produce"]["records_per_s"] / g["produce_coalesced"]["records_per_s"],
         "edge/grpc consume throughput": e["consume"]["records_per_s"] / g["consume"]["records_per_s"],
+        "edge/grpc(serial) consume throughput": e["consume"]["records_per_s"] / g["consume_serial"]["records_per_s"],
         "edge added ack p50 ms": (e["latency"]["ack"]["p50_us"] - g["latency"]["ack"]["p50_us"]) / 1e3,
         "edge added ack p99 ms": (e["latency"]["ack"]["p99_us"] - g["latency"]["ack"]["p99_us"]) / 1e3,
         "edge added end-to-end p50 ms": (e["latency"]["end_to_end"]["p50_us"] - g["latency"]["end_to_end"]["p50_us"]) / 1e3,
@@ -427,25 +514,56 @@ for name, s in S.items():
     lat = s["latency"]
     md.append(f"| {name} | {s['produce']['records_per_s']:,.0f} | {s['produce']['mb_per_s']:.1f} | {s['consume']['records_per_s']:,.0f} | {s['consume']['mb_per_s']:.1f} | "
               f"{ms(lat['ack']['p50_us'])} | {ms(lat['ack']['p99_us'])} | {ms(lat['end_to_end']['p50_us'])} | {ms(lat['end_to_end']['p99_us'])} |")
-    if "produce_in_flight_1" in s:
-        q = s["produce_in_flight_1"]
-        md.append(f"| {name} (1 in flight) | {q['records_per_s']:,.0f} | {q['mb_per_s']:.1f} | | | | | | |")
+    if "produce_coalesced" in s:
+        q, c = s["produce_coalesced"], s["consume_serial"]
+        md.append(f"| {name} (produce: 1 call of {int(p['IN_FLIGHT']) * int(p['BATCH_RECORDS'])} records in flight; consume: serial) | {q['records_per_s']:,.0f} | {q['mb_per_s']:.1f} | {c['records_per_s']:,.0f} | {c['mb_per_s']:.1f} | | | | |")
 md.append("")
 md.append("| ratio | " + " | ".join(ratios) + " |")
 md.append("|---|" + "---:|" * len(ratios))
 for key in next(iter(ratios.values())):
-    md.append(f"| {key} | " + " | ".join(f"{r[key]:.2f}" for r in ratios.values()) + " |")
+    md.append(f"| {key} | " + " | ".join(f"{r[key]:.3g}" for r in ratios.values()) + " |")
 md.append("")
 md.append("| target | " + " | ".join(targets) + " |")
 md.append("|---|" + "---|" * len(targets))
 for key in next(iter(targets.values())):
     md.append(f"| {key} | " + " | ".join("met" if t[key] else "**missed**" for t in targets.values()) + " |")
+md.append("")
+md.append("Where a Produce request's time goes (means per request, ms; from runnel's /metrics over each phase):")
+md.append("")
+md.append("| phase | requests | kB/request | edge | ingest | storage Append | fsync (count) |")
+md.append("|---|---:|---:|---:|---:|---:|---:|")
+f3 = lambda v: "" if v is None else f"{v:.3f}"
 for flush in flushes:
-    e = S[f"runnel-{flush} edge"]["produce"]
-    if e.get("edge_requests"):
-        md.append("")
-        md.append(f"runnel-{flush}: the edge saw {e['edge_requests']:.0f} Produce requests of {e['edge_bytes_per_request'] / 1e3:.1f} kB on average, "
-                  f"{e['edge_ms_per_request']:.2f} ms each inside the edge.")
+    for label, st in [(f"runnel-{flush} edge produce", S[f"runnel-{flush} edge"]["produce"]["stages"]),
+                      (f"runnel-{flush} grpc produce", S[f"runnel-{flush} grpc"]["produce"]["stages"]),
+                      (f"runnel-{flush} grpc produce, coalesced", S[f"runnel-{flush} grpc"]["produce_coalesced"]["stages"]),
+                      (f"runnel-{flush} edge latency", S[f"runnel-{flush} edge"]["latency"]["stages"]),
+                      (f"runnel-{flush} grpc latency", S[f"runnel-{flush} grpc"]["latency"]["stages"])]:
+        reqs = st["edge"]["count"] or st["ingest"]["count"]
+        kb = st["edge_bytes_per_request"]
+        md.append(f"| {label} | {reqs:.0f} | {'' if kb is None else f'{kb / 1e3:.1f}'} | {f3(st['edge']['mean_ms'])} | {f3(st['ingest']['mean_ms'])} | "
+                  f"{f3(st['append']['mean_ms'])} | {f3(st['fsync']['mean_ms'])} ({st['fsync']['count']:.0f}) |")
+md.append("")
+md.append("Fetch requests during the consume phases (means per request, ms):")
+md.append("")
+md.append("| phase | edge Fetch (count) | storage Fetch (count) |")
+md.append("|---|---:|---:|")
+for flush in flushes:
+    for label, st in [(f"runnel-{flush} edge consume", S[f"runnel-{flush} edge"]["consume"]["stages"]),
+                      (f"runnel-{flush} grpc consume", S[f"runnel-{flush} grpc"]["consume"]["stages"]),
+                      (f"runnel-{flush} grpc consume, serial", S[f"runnel-{flush} grpc"]["consume_serial"]["stages"])]:
+        md.append(f"| {label} | {f3(st['edge_fetch']['mean_ms'])} ({st['edge_fetch']['count']:.0f}) | {f3(st['storage_fetch']['mean_ms'])} ({st['storage_fetch']['count']:.0f}) |")
+md.append("")
+md.append("CPU over each throughput phase: µs per record and cores busy on average (server = the runnel dev or tansu process; client = rdkafka_performance or runnel perf grpc):")
+md.append("")
+md.append("| phase | server µs/rec | client µs/rec | server cores | client cores |")
+md.append("|---|---:|---:|---:|---:|")
+for name, s in S.items():
+    for k in ["produce", "produce_coalesced", "consume", "consume_serial"]:
+        c = s.get(k, {}).get("cpu")
+        if c:
+            label = {"produce_coalesced": "produce coalesced", "consume_serial": "consume serial"}.get(k, k)
+            md.append(f"| {name} {label} | {c['server_us_per_record']:.2f} | {c['client_us_per_record']:.2f} | {c['server_cores']:.2f} | {c['client_cores']:.2f} |")
 text = "\n".join(md) + "\n"
 with open(os.path.join(out, "summary.md"), "w") as f:
     f.write(text)

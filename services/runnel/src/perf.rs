@@ -2,6 +2,10 @@
 //! next to a baseline measured in the same run, on the same disk: sequential
 //! writes of the same batch size, each followed by `fdatasync` — the most a
 //! durable, fsync-per-batch produce path could reach on this machine.
+//!
+//! `runnel perf grpc …` runs native gRPC workloads shaped like librdkafka's
+//! `rdkafka_performance` against a running cluster: the same-run baseline of
+//! the Kafka edge benchmark (`tests/bench/edge.sh`).
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -466,12 +470,13 @@ async fn consume_phase(storage: &str, records: u64, decode: bool) -> anyhow::Res
 #[derive(Subcommand, Debug)]
 pub enum GrpcCommand {
     /// Produce `--records` keyless records through ingest in batches of
-    /// `--batch-records`, `--in-flight` requests at once; each batch is
-    /// encoded when it is sent, as a client does (`rdkafka_performance -P`).
+    /// `--batch-records`, `--in-flight` requests at once; the client encodes
+    /// each batch while the previous one is in flight, as librdkafka does
+    /// (`rdkafka_performance -P`).
     Produce(GrpcProduceArgs),
     /// Read `--records` records from offset 0 of every partition straight
-    /// from the storage leaders, fetching ahead while decoding
-    /// (`rdkafka_performance -C -o beginning`).
+    /// from the storage leaders, fetching ahead while decoding unless
+    /// `--serial` (`rdkafka_performance -C -o beginning`).
     Consume(GrpcConsumeArgs),
     /// One record per request at a fixed rate, with a long-polling consumer:
     /// acknowledgement latency and end-to-end latency
@@ -538,6 +543,11 @@ pub struct GrpcConsumeArgs {
     /// Give up after this long.
     #[arg(long, default_value = "120s")]
     pub timeout: humantime::Duration,
+    /// Decode each response before sending the next fetch (no fetching
+    /// ahead): one fetcher thread that also parses, like librdkafka's
+    /// broker thread.
+    #[arg(long)]
+    pub serial: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -808,20 +818,32 @@ async fn grpc_produce(args: GrpcProduceArgs) -> anyhow::Result<GrpcResult> {
         lanes.push(tokio::spawn(async move {
             let mut h = histogram()?;
             let (mut wire, mut encode) = (0u64, Duration::ZERO);
-            loop {
+            // Takes the next batch number and encodes that batch.
+            let mut take = || -> anyhow::Result<Option<(u64, Bytes)>> {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 if i >= batches {
-                    break;
+                    return Ok(None);
                 }
-                let count = per_batch.min(total - i * per_batch);
                 let t = Instant::now();
-                let batch = keyless_batch(&value, count)?;
+                let batch = keyless_batch(&value, per_batch.min(total - i * per_batch))?;
                 encode += t.elapsed();
+                Ok(Some((i, batch)))
+            };
+            // The next batch is encoded while the request is in flight, as
+            // librdkafka builds batches while earlier ones are on the wire.
+            let mut pending = take()?;
+            while let Some((i, batch)) = pending.take() {
                 wire += batch.len() as u64;
-                let t = Instant::now();
                 let request = produce_request(&topic, (i % partitions) as i32, batch, args.acks);
-                check_produced(client.produce(request).await?.into_inner())?;
-                h.record(t.elapsed().as_micros().max(1) as u64)?;
+                let call = async {
+                    let t = Instant::now();
+                    let response = client.produce(request).await;
+                    (response, t.elapsed())
+                };
+                let ((response, took), following) = tokio::join!(call, async { take() });
+                check_produced(response?.into_inner())?;
+                h.record(took.as_micros().max(1) as u64)?;
+                pending = following?;
             }
             Ok::<_, anyhow::Error>((h, wire, encode))
         }));
@@ -871,9 +893,11 @@ async fn grpc_consume(args: GrpcConsumeArgs) -> anyhow::Result<GrpcResult> {
     }
     // One fetcher per storage node (librdkafka: one fetch in flight per
     // broker), handing responses to the decoder through a short queue so
-    // fetching and decoding overlap as in librdkafka's broker and
-    // application threads.
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+    // fetching and decoding overlap; with `--serial` the fetcher waits for
+    // each response to be decoded first.
+    type Decoded = tokio::sync::oneshot::Sender<()>;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<(Bytes, Option<Decoded>)>(4);
+    let serial = args.serial;
     let start = Instant::now();
     let mut fetchers = Vec::new();
     for (address, partitions) in by_leader {
@@ -885,7 +909,8 @@ async fn grpc_consume(args: GrpcConsumeArgs) -> anyhow::Result<GrpcResult> {
         fetchers.push(tokio::spawn(async move {
             let mut h = histogram()?;
             let mut offsets: Vec<(i32, i64)> = partitions.into_iter().map(|p| (p, 0)).collect();
-            loop {
+            // Until the decoder has all it wants (and drops its end).
+            while !tx.is_closed() {
                 let t = Instant::now();
                 let results = client
                     .fetch(st::FetchRequest {
@@ -905,7 +930,11 @@ async fn grpc_consume(args: GrpcConsumeArgs) -> anyhow::Result<GrpcResult> {
                     .await?
                     .into_inner()
                     .results;
-                h.record(t.elapsed().as_micros().max(1) as u64)?;
+                // Fetches that found nothing (the long poll at the end) are
+                // not timed.
+                if results.iter().any(|r| !r.records.is_empty()) {
+                    h.record(t.elapsed().as_micros().max(1) as u64)?;
+                }
                 for r in results {
                     if r.error != 0 {
                         anyhow::bail!("fetch {}-{}: {}", r.topic, r.partition, r.error_message);
@@ -916,11 +945,21 @@ async fn grpc_consume(args: GrpcConsumeArgs) -> anyhow::Result<GrpcResult> {
                     if let Some(slot) = offsets.iter_mut().find(|(p, _)| *p == r.partition) {
                         slot.1 = next_offset(&r.records, slot.1);
                     }
-                    if tx.send(r.records).await.is_err() {
-                        return Ok(h);
+                    let (done, decoded) = if serial {
+                        let (done, decoded) = tokio::sync::oneshot::channel();
+                        (Some(done), Some(decoded))
+                    } else {
+                        (None, None)
+                    };
+                    if tx.send((r.records, done)).await.is_err() {
+                        break;
+                    }
+                    if let Some(decoded) = decoded {
+                        let _ = decoded.await;
                     }
                 }
             }
+            Ok::<_, anyhow::Error>(h)
         }));
     }
     drop(tx);
@@ -935,11 +974,15 @@ async fn grpc_consume(args: GrpcConsumeArgs) -> anyhow::Result<GrpcResult> {
             Ok(None) => break,
             Ok(Some(chunk)) => chunk,
         };
+        let (chunk, done) = chunk;
         wire += chunk.len() as u64;
         for r in runnel_records::decode_records(chunk)? {
             records += 1;
             value_bytes += r.value.as_ref().map_or(0, |v| v.len() as u64);
             std::hint::black_box(&r);
+        }
+        if let Some(done) = done {
+            let _ = done.send(());
         }
     }
     let elapsed = start.elapsed();
@@ -953,11 +996,14 @@ async fn grpc_consume(args: GrpcConsumeArgs) -> anyhow::Result<GrpcResult> {
         }
     }
     if records < args.records {
-        anyhow::bail!("the topic ended after {records} of {} records", args.records);
+        anyhow::bail!(
+            "the topic ended after {records} of {} records",
+            args.records
+        );
     }
     let s = elapsed.as_secs_f64().max(1e-9);
     Ok(GrpcResult {
-        workload: "consume",
+        workload: if serial { "consume-serial" } else { "consume" },
         topic: target.topic,
         partitions: target.partitions,
         record_bytes: target.record_bytes,
