@@ -153,9 +153,12 @@ retry() {
   cat "$TMP/retry.out"
 }
 # Native consumer inside the compose network (storage nodes by service name).
+# The coordinator asked inside the network; after the failover step it is the
+# survivor (a killed container's name no longer resolves).
+IN_NETWORK_COORDINATOR=coordinator-1
 consume_in_network() {
   docker run --rm --network "$NETWORK" "$RUNNEL_IMAGE" \
-    consume "$1" --coordinator coordinator-1:7400 --from-beginning --idle-timeout 3s --key-separator :
+    consume "$1" --coordinator "$IN_NETWORK_COORDINATOR:7400" --from-beginning --idle-timeout 3s --key-separator :
 }
 # Native consumer on the host side: the storage nodes' advertised names mapped
 # to the host, as a host with `127.0.0.1 storage-1 storage-2 storage-3` in
@@ -298,6 +301,7 @@ t=$SECONDS
 retry 60 "$RUNNEL" topic create after-failover --partitions 3 --coordinator "$survivor_addr"
 info "topic created through $survivor $((SECONDS - t)) s after the kill (controller lease TTL is 10 s)"
 is_active "$survivor" || fail "$survivor did not become the active controller"
+IN_NETWORK_COORDINATOR="$survivor"
 seq 1 100 | awk '{print "f" $1 ":after-failover-" $1}' >"$TMP/failover.expected"
 "$RUNNEL" produce after-failover --key-separator : --ingest "$INGEST" --coordinator "$survivor_addr" <"$TMP/failover.expected"
 consume_in_network after-failover >"$TMP/failover.native"
