@@ -328,6 +328,28 @@ async fn describe_log_dirs() {
     let r = c.call(&produce, 9).await.unwrap();
     assert_eq!(r.responses[0].partition_responses[0].error_code, 0);
 
+    // A storage node opens the log of a new, still empty partition when the
+    // assignment reaches it, asynchronously (as a Kafka broker does on
+    // LeaderAndIsr): wait until "other" is there before comparing.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let all = c
+            .call(&DescribeLogDirsRequest::default().with_topics(None), 4)
+            .await
+            .unwrap();
+        if all
+            .results
+            .iter()
+            .any(|d| d.topics.iter().any(|t| t.name.0.as_str() == "other"))
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the log of \"other\" never appeared"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     for v in 1..=4 {
         // Everything: one directory (one storage node) with both topics.
         let all = c
