@@ -380,51 +380,98 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             cluster.shutdown().await
         }
         Command::Coordinator(args) => {
-            let _telemetry = runnel_telemetry::init("runnel-coordinator")?;
-            let config: runnel_coordinator::CoordinatorConfig =
-                settings::load(args.role.config.as_deref(), &args)?;
-            metrics(args.role.metrics_listen.clone(), "0.0.0.0:9401")?;
-            let store = runnel_metastore::open(&config.metastore).await?;
-            let listener = bind(&config.listen).await?;
-            runnel_coordinator::serve(config, store, listener, runnel_rpc::shutdown_signal())
-                .await?;
-            Ok(())
+            run_role(
+                "runnel-coordinator",
+                &args.role,
+                &args,
+                "0.0.0.0:9401",
+                |c, s, l| runnel_coordinator::serve(c, s, l, runnel_rpc::shutdown_signal()),
+            )
+            .await
         }
         Command::Storage(args) => {
-            let _telemetry = runnel_telemetry::init("runnel-storage")?;
-            let config: runnel_storage::StorageConfig =
-                settings::load(args.role.config.as_deref(), &args)?;
-            metrics(args.role.metrics_listen.clone(), "0.0.0.0:9501")?;
-            let store = runnel_metastore::open(&config.metastore).await?;
-            let listener = bind(&config.listen).await?;
-            runnel_storage::serve(config, store, listener, runnel_rpc::shutdown_signal()).await?;
-            Ok(())
+            run_role(
+                "runnel-storage",
+                &args.role,
+                &args,
+                "0.0.0.0:9501",
+                |c, s, l| runnel_storage::serve(c, s, l, runnel_rpc::shutdown_signal()),
+            )
+            .await
         }
         Command::Ingest(args) => {
-            let _telemetry = runnel_telemetry::init("runnel-ingest")?;
-            let config: runnel_ingest::IngestConfig =
-                settings::load(args.role.config.as_deref(), &args)?;
-            metrics(args.role.metrics_listen.clone(), "0.0.0.0:9601")?;
-            let store = runnel_metastore::open(&config.metastore).await?;
-            let listener = bind(&config.listen).await?;
-            runnel_ingest::serve(config, store, listener, runnel_rpc::shutdown_signal()).await?;
-            Ok(())
+            run_role(
+                "runnel-ingest",
+                &args.role,
+                &args,
+                "0.0.0.0:9601",
+                |c, s, l| runnel_ingest::serve(c, s, l, runnel_rpc::shutdown_signal()),
+            )
+            .await
         }
         Command::Edge(args) => {
-            let _telemetry = runnel_telemetry::init("runnel-edge")?;
-            let config: runnel_edge::EdgeConfig =
-                settings::load(args.role.config.as_deref(), &args)?;
-            metrics(args.role.metrics_listen.clone(), "0.0.0.0:9701")?;
-            let store = runnel_metastore::open(&config.metastore).await?;
-            let listener = bind(&config.listen).await?;
-            runnel_edge::serve(config, store, listener, runnel_rpc::shutdown_signal()).await?;
-            Ok(())
+            run_role(
+                "runnel-edge",
+                &args.role,
+                &args,
+                "0.0.0.0:9701",
+                |c, s, l| runnel_edge::serve(c, s, l, runnel_rpc::shutdown_signal()),
+            )
+            .await
         }
         Command::Topic(cmd) => topic(cmd).await,
         Command::Produce(args) => produce(args).await,
         Command::Consume(args) => consume(args).await,
         Command::Perf(cmd) => runnel::perf::run(cmd).await,
     }
+}
+
+/// The two settings every role's config has.
+trait RoleConfig {
+    fn metastore(&self) -> &str;
+    fn listen(&self) -> &str;
+}
+
+macro_rules! role_config {
+    ($($t:ty),*) => {$(
+        impl RoleConfig for $t {
+            fn metastore(&self) -> &str {
+                &self.metastore
+            }
+            fn listen(&self) -> &str {
+                &self.listen
+            }
+        }
+    )*};
+}
+role_config!(
+    runnel_coordinator::CoordinatorConfig,
+    runnel_storage::StorageConfig,
+    runnel_ingest::IngestConfig,
+    runnel_edge::EdgeConfig
+);
+
+/// Runs one role as its own process: telemetry, layered config, metrics,
+/// the metastore, the listener, then `serve` until SIGINT/SIGTERM.
+async fn run_role<C, F, Fut, E>(
+    service: &str,
+    role: &RoleArgs,
+    overrides: &impl Serialize,
+    default_metrics: &str,
+    serve: F,
+) -> anyhow::Result<()>
+where
+    C: RoleConfig + Default + Serialize + serde::de::DeserializeOwned,
+    F: FnOnce(C, std::sync::Arc<dyn runnel_metastore::MetaStore>, tokio::net::TcpListener) -> Fut,
+    Fut: std::future::Future<Output = Result<(), E>>,
+    E: Into<anyhow::Error>,
+{
+    let _telemetry = runnel_telemetry::init(service)?;
+    let config: C = settings::load(role.config.as_deref(), overrides)?;
+    metrics(role.metrics_listen.clone(), default_metrics)?;
+    let store = runnel_metastore::open(config.metastore()).await?;
+    let listener = bind(config.listen()).await?;
+    serve(config, store, listener).await.map_err(Into::into)
 }
 
 async fn bind(addr: &str) -> anyhow::Result<tokio::net::TcpListener> {
