@@ -74,6 +74,17 @@ pub struct DevCluster {
     tasks: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)>,
 }
 
+/// Runs one role's `serve` future as a named task.
+fn spawn_role<E: Into<anyhow::Error>>(
+    name: &'static str,
+    serve: impl std::future::Future<Output = Result<(), E>> + Send + 'static,
+) -> (&'static str, JoinHandle<anyhow::Result<()>>) {
+    (
+        name,
+        tokio::spawn(async move { serve.await.map_err(Into::into) }),
+    )
+}
+
 async fn stopped(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|v| *v).await;
 }
@@ -118,15 +129,9 @@ impl DevCluster {
             lease_ttl_secs: config.lease_ttl_secs,
             ..Default::default()
         };
-        let s = store.clone();
-        let rx = stop_rx.clone();
-        tasks.push((
+        tasks.push(spawn_role(
             "coordinator",
-            tokio::spawn(async move {
-                runnel_coordinator::serve(c, s, coordinator_l, stopped(rx))
-                    .await
-                    .map_err(Into::into)
-            }),
+            runnel_coordinator::serve(c, store.clone(), coordinator_l, stopped(stop_rx.clone())),
         ));
 
         let st = StorageConfig {
@@ -138,15 +143,9 @@ impl DevCluster {
             lease_ttl_secs: config.lease_ttl_secs,
             ..Default::default()
         };
-        let s = store.clone();
-        let rx = stop_rx.clone();
-        tasks.push((
+        tasks.push(spawn_role(
             "storage",
-            tokio::spawn(async move {
-                runnel_storage::serve(st, s, storage_l, stopped(rx))
-                    .await
-                    .map_err(Into::into)
-            }),
+            runnel_storage::serve(st, store.clone(), storage_l, stopped(stop_rx.clone())),
         ));
 
         let i = IngestConfig {
@@ -154,15 +153,9 @@ impl DevCluster {
             auto_create_topics: config.auto_create_topics,
             ..Default::default()
         };
-        let s = store.clone();
-        let rx = stop_rx.clone();
-        tasks.push((
+        tasks.push(spawn_role(
             "ingest",
-            tokio::spawn(async move {
-                runnel_ingest::serve(i, s, ingest_l, stopped(rx))
-                    .await
-                    .map_err(Into::into)
-            }),
+            runnel_ingest::serve(i, store.clone(), ingest_l, stopped(stop_rx.clone())),
         ));
 
         let e = runnel_edge::EdgeConfig {
@@ -175,15 +168,9 @@ impl DevCluster {
             lease_ttl_secs: config.lease_ttl_secs,
             ..Default::default()
         };
-        let s = store.clone();
-        let rx = stop_rx.clone();
-        tasks.push((
+        tasks.push(spawn_role(
             "edge",
-            tokio::spawn(async move {
-                runnel_edge::serve(e, s, kafka_l, stopped(rx))
-                    .await
-                    .map_err(Into::into)
-            }),
+            runnel_edge::serve(e, store.clone(), kafka_l, stopped(stop_rx.clone())),
         ));
 
         let cluster = DevCluster {
