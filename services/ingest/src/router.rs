@@ -256,14 +256,12 @@ impl Router {
                 };
                 async move { (idxs, self.append(&address, request).await) }
             });
-            let mut retry = Vec::new();
             for (idxs, outcome) in futures::future::join_all(sends).await {
                 match outcome {
                     Ok(response) => {
                         for (i, r) in idxs.into_iter().zip(response.results) {
                             if r.error != 0 && retriable(r.error) {
                                 last_error.insert(i, from_storage(r));
-                                retry.push(i);
                             } else {
                                 results[i] = Some(from_storage(r));
                             }
@@ -286,12 +284,12 @@ impl Router {
                                     format!("leader unreachable: {}", status.message()),
                                 ),
                             );
-                            retry.push(i);
                         }
                     }
                 }
             }
-            // Partitions without a leader this round stay pending too.
+            // Whatever has no final result (retriable error, unreachable or
+            // missing leader) stays pending for the next round.
             pending.retain(|i| results[*i].is_none());
             if pending.is_empty() {
                 break;
