@@ -22,6 +22,7 @@ fn compile(protoc: Option<PathBuf>) -> Result<(), Box<dyn std::error::Error>> {
         "runnel/coordinator/v1/coordinator.proto",
         "runnel/storage/v1/storage.proto",
         "runnel/ingest/v1/ingest.proto",
+        "runnel/groups/v1/groups.proto",
     ];
     let paths: Vec<PathBuf> = files.iter().map(|f| root.join(f)).collect();
     for p in &paths {

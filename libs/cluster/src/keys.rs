@@ -9,6 +9,8 @@
 //! | `topics/<name>` | [`TopicRecord`](crate::TopicRecord) |
 //! | `partitions/<name>/<p>` | [`PartitionRecord`](crate::PartitionRecord) |
 //! | `edges/<id>` | [`EdgeRecord`](crate::model::EdgeRecord), under the Kafka edge's lease |
+//! | `groups/nodes/<id>` | [`GroupsNodeRecord`](crate::model::GroupsNodeRecord), under the groups node's lease |
+//! | `groups/shards/<k>` | [`GroupsNodeRecord`](crate::model::GroupsNodeRecord) of the node that owns shard `k` (partition `k` of `__consumer_offsets`), under its lease |
 
 #[derive(Debug, Clone)]
 pub struct Keys {
@@ -64,6 +66,22 @@ impl Keys {
         format!("{}edges/{id}", self.root)
     }
 
+    /// Prefix of the live groups nodes.
+    pub fn groups_nodes_prefix(&self) -> String {
+        format!("{}groups/nodes/", self.root)
+    }
+    pub fn groups_node(&self, id: i32) -> String {
+        format!("{}groups/nodes/{id}", self.root)
+    }
+    /// Prefix of the group-coordinator shard owners.
+    pub fn group_shards_prefix(&self) -> String {
+        format!("{}groups/shards/", self.root)
+    }
+    /// The owner of one shard of the consumer groups.
+    pub fn group_shard(&self, shard: i32) -> String {
+        format!("{}groups/shards/{shard}", self.root)
+    }
+
     /// Classifies a key under the root.
     pub fn parse<'a>(&self, key: &'a str) -> Option<KeyKind<'a>> {
         let rest = key.strip_prefix(self.root.as_str())?;
@@ -86,6 +104,12 @@ impl Keys {
         if let Some(id) = rest.strip_prefix("edges/") {
             return id.parse().ok().map(KeyKind::Edge);
         }
+        if let Some(id) = rest.strip_prefix("groups/nodes/") {
+            return id.parse().ok().map(KeyKind::GroupsNode);
+        }
+        if let Some(shard) = rest.strip_prefix("groups/shards/") {
+            return shard.parse().ok().map(KeyKind::GroupShard);
+        }
         None
     }
 }
@@ -100,6 +124,10 @@ pub enum KeyKind<'a> {
     Partition(&'a str, i32),
     /// A Kafka edge, by broker id.
     Edge(i32),
+    /// A live groups node, by id.
+    GroupsNode(i32),
+    /// The owner of a consumer-group shard.
+    GroupShard(i32),
 }
 
 #[cfg(test)]
@@ -117,6 +145,9 @@ mod tests {
         );
         assert_eq!(k.parse(&k.controller()), Some(KeyKind::Controller));
         assert_eq!(k.parse(&k.edge(7)), Some(KeyKind::Edge(7)));
+        assert_eq!(k.parse(&k.groups_node(2)), Some(KeyKind::GroupsNode(2)));
+        assert_eq!(k.parse(&k.group_shard(49)), Some(KeyKind::GroupShard(49)));
+        assert!(k.group_shard(1).starts_with(&k.group_shards_prefix()));
         assert!(k.edge(7).starts_with(&k.edges_prefix()));
         assert_eq!(k.parse(&format!("{}x", k.edges_prefix())), None);
         assert_eq!(k.parse("/runnel/other/nodes/1"), None);

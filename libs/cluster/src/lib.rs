@@ -15,8 +15,8 @@ pub mod watcher;
 
 pub use keys::Keys;
 pub use model::{
-    ClusterMetadata, ControllerRecord, EdgeRecord, NodeRecord, PartitionRecord, TopicRecord,
-    TopicState,
+    ClusterMetadata, ControllerRecord, EdgeRecord, GroupsNodeRecord, NodeRecord, OFFSETS_TOPIC,
+    PartitionRecord, TopicRecord, TopicState, group_shard,
 };
 pub use topic_config::{ConfigError, TopicConfig};
 pub use watcher::MetadataWatcher;

@@ -39,6 +39,32 @@ pub struct EdgeRecord {
     pub started_at_ms: i64,
 }
 
+/// A live groups node (consumer-group coordinator) and where to reach it.
+/// The same record, stored under a shard's key, says who owns that shard.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupsNodeRecord {
+    pub node_id: i32,
+    /// host:port of the node's gRPC server.
+    pub address: String,
+    #[serde(default)]
+    pub started_at_ms: i64,
+}
+
+/// The internal topic that holds committed offsets and group membership;
+/// its partitions are the consumer-group shards.
+pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
+
+/// The shard (partition of [`OFFSETS_TOPIC`]) a group belongs to: Kafka's
+/// placement, `abs(javaStringHashCode(group_id)) % shards`, so a group lands
+/// on the same partition number it would in Kafka.
+pub fn group_shard(group_id: &str, shards: i32) -> i32 {
+    let mut h: i32 = 0;
+    for unit in group_id.encode_utf16() {
+        h = h.wrapping_mul(31).wrapping_add(unit as i32);
+    }
+    ((h & 0x7fff_ffff) % shards.max(1)) as i32
+}
+
 /// A topic as created; partitions are stored separately.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TopicRecord {
@@ -91,6 +117,10 @@ pub struct ClusterMetadata {
     pub orphan_partitions: BTreeMap<String, BTreeMap<i32, PartitionRecord>>,
     /// Live Kafka edges by broker id.
     pub edges: BTreeMap<i32, EdgeRecord>,
+    /// Live groups nodes by id.
+    pub groups_nodes: BTreeMap<i32, GroupsNodeRecord>,
+    /// The owner of each consumer-group shard that has one.
+    pub group_shards: BTreeMap<i32, GroupsNodeRecord>,
 }
 
 impl ClusterMetadata {
@@ -102,9 +132,38 @@ impl ClusterMetadata {
         self.topics.get(topic)?.partitions.get(&partition)
     }
 
+    /// The number of consumer-group shards (partitions of
+    /// `__consumer_offsets`), if that topic exists.
+    pub fn group_shard_count(&self) -> Option<i32> {
+        self.topics
+            .get(OFFSETS_TOPIC)
+            .map(|t| t.record.partitions)
+    }
+
+    /// A group's shard and the groups node that owns it (if any owns it now).
+    pub fn group_coordinator(&self, group_id: &str) -> Option<(i32, Option<&GroupsNodeRecord>)> {
+        let shard = group_shard(group_id, self.group_shard_count()?);
+        Some((shard, self.group_shards.get(&shard)))
+    }
+
     /// The node leading a partition, if it is live.
     pub fn leader_node(&self, topic: &str, partition: i32) -> Option<&NodeRecord> {
         let p = self.partition(topic, partition)?;
         self.nodes.get(&p.leader)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn group_shards_match_kafka() {
+        // Java: Math.abs("my-group".hashCode()) % 50 and friends.
+        assert_eq!(group_shard("my-group", 50), 240_985_886 % 50);
+        assert_eq!(group_shard("", 50), 0);
+        // A hash whose sign bit is set: Kafka masks it, it does not negate.
+        assert_eq!(group_shard("polygenelubricants", 50), 0);
+        assert!((0..7).contains(&group_shard("ü-group", 7)));
     }
 }

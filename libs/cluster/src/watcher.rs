@@ -203,6 +203,16 @@ pub fn apply(md: &mut ClusterMetadata, keys: &Keys, event: &WatchEvent) {
                     md.edges.insert(id, edge);
                 }
             }
+            KeyKind::GroupsNode(id) => {
+                if let Some(node) = decode(kv) {
+                    md.groups_nodes.insert(id, node);
+                }
+            }
+            KeyKind::GroupShard(shard) => {
+                if let Some(owner) = decode(kv) {
+                    md.group_shards.insert(shard, owner);
+                }
+            }
         },
         WatchEvent::Delete { .. } => match kind {
             KeyKind::ClusterId => md.cluster_id = None,
@@ -231,6 +241,12 @@ pub fn apply(md: &mut ClusterMetadata, keys: &Keys, event: &WatchEvent) {
             }
             KeyKind::Edge(id) => {
                 md.edges.remove(&id);
+            }
+            KeyKind::GroupsNode(id) => {
+                md.groups_nodes.remove(&id);
+            }
+            KeyKind::GroupShard(shard) => {
+                md.group_shards.remove(&shard);
             }
         },
     }

@@ -24,6 +24,11 @@ pub mod ingest {
         tonic::include_proto!("runnel.ingest.v1");
     }
 }
+pub mod groups {
+    pub mod v1 {
+        tonic::include_proto!("runnel.groups.v1");
+    }
+}
 
 /// Encoded `FileDescriptorSet` of every runnel service, for gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("runnel_descriptor");

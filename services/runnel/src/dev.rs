@@ -1,5 +1,5 @@
-//! `runnel dev`: every role in one process (coordinator, storage, ingest
-//! and the Kafka edge).
+//! `runnel dev`: every role in one process (coordinator, storage, ingest,
+//! groups and the Kafka edge).
 //!
 //! The metastore is embedded (a file in the data directory) and each role
 //! serves its own gRPC port on loopback; roles reach each other through those
@@ -30,6 +30,10 @@ pub struct DevConfig {
     pub coordinator_port: u16,
     pub storage_port: u16,
     pub ingest_port: u16,
+    pub groups_port: u16,
+    /// How long a new consumer group waits for more members before its
+    /// first generation (Kafka's `group.initial.rebalance.delay.ms`).
+    pub initial_rebalance_delay_ms: u64,
     /// The Kafka listener (the edge).
     pub kafka_port: u16,
     /// Prometheus `/metrics` for the whole process; empty to disable.
@@ -51,6 +55,8 @@ impl Default for DevConfig {
             coordinator_port: 7400,
             storage_port: 7500,
             ingest_port: 7600,
+            groups_port: 7700,
+            initial_rebalance_delay_ms: 3_000,
             kafka_port: 9092,
             metrics_listen: "127.0.0.1:9644".into(),
             metastore: None,
@@ -67,6 +73,7 @@ pub struct DevCluster {
     pub coordinator: String,
     pub storage: String,
     pub ingest: String,
+    pub groups: String,
     /// The Kafka bootstrap address (host:port).
     pub kafka: String,
     pub store: Arc<dyn MetaStore>,
@@ -113,11 +120,13 @@ impl DevCluster {
         let coordinator_l = bind(config.coordinator_port).await?;
         let storage_l = bind(config.storage_port).await?;
         let ingest_l = bind(config.ingest_port).await?;
+        let groups_l = bind(config.groups_port).await?;
         let kafka_l = bind(config.kafka_port).await?;
         let addr = |l: &TcpListener| l.local_addr().map(runnel_rpc::advertised_address);
         let coordinator = addr(&coordinator_l)?;
         let storage = addr(&storage_l)?;
         let ingest = addr(&ingest_l)?;
+        let groups = addr(&groups_l)?;
         let kafka = addr(&kafka_l)?;
 
         let (stop, stop_rx) = watch::channel(false);
@@ -158,6 +167,20 @@ impl DevCluster {
             runnel_ingest::serve(i, store.clone(), ingest_l, stopped(stop_rx.clone())),
         ));
 
+        let g = runnel_groups::GroupsConfig {
+            metastore: metastore_url.clone(),
+            advertised_address: Some(groups.clone()),
+            coordinator_address: Some(coordinator.clone()),
+            lease_ttl_secs: config.lease_ttl_secs,
+            initial_rebalance_delay_ms: config.initial_rebalance_delay_ms,
+            lag_interval_secs: 10,
+            ..Default::default()
+        };
+        tasks.push(spawn_role(
+            "groups",
+            runnel_groups::serve(g, store.clone(), groups_l, stopped(stop_rx.clone())),
+        ));
+
         let e = runnel_edge::EdgeConfig {
             node_id: 1,
             metastore: metastore_url.clone(),
@@ -177,6 +200,7 @@ impl DevCluster {
             coordinator,
             storage,
             ingest,
+            groups,
             kafka,
             store,
             stop,
@@ -186,10 +210,14 @@ impl DevCluster {
         Ok(cluster)
     }
 
-    /// Waits until the controller is elected and the storage node registered,
-    /// so the first topic creation succeeds.
+    /// Waits until the controller is elected, the storage node registered
+    /// and every consumer-group shard owned, so the first topic creation and
+    /// the first consumer group succeed.
     async fn wait_ready(&self) -> anyhow::Result<()> {
         let admin = runnel_client::Admin::connect(&self.coordinator)?;
+        let shards_prefix = runnel_cluster::Keys::new(&runnel_groups::GroupsConfig::default().cluster)
+            .group_shards_prefix();
+        let shards = runnel_groups::GroupsConfig::default().offsets_topic_partitions as usize;
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
         loop {
             if let Some((name, task)) = self.tasks.iter().find(|(_, t)| t.is_finished()) {
@@ -200,6 +228,11 @@ impl DevCluster {
                 && md.controller_id >= 0
                 && !md.nodes.is_empty()
                 && !md.cluster_id.is_empty()
+                && self
+                    .store
+                    .range(&shards_prefix)
+                    .await
+                    .is_ok_and(|(kvs, _)| kvs.len() >= shards)
             {
                 return Ok(());
             }

@@ -37,6 +37,8 @@ enum Command {
     Ingest(IngestArgs),
     /// Run a Kafka edge (the Kafka wire protocol for standard clients).
     Edge(EdgeArgs),
+    /// Run a groups node (consumer-group coordination and committed offsets).
+    Groups(GroupsArgs),
     /// Create, list, describe and delete topics.
     #[command(subcommand)]
     Topic(TopicCommand),
@@ -96,6 +98,13 @@ struct DevArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     ingest_port: Option<u16>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    groups_port: Option<u16>,
+    /// How long a new consumer group waits for more members (ms).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    initial_rebalance_delay_ms: Option<u64>,
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     metrics_listen: Option<String>,
@@ -180,6 +189,35 @@ struct EdgeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     auto_create_topics: Option<bool>,
+}
+
+#[derive(Args, Debug, Serialize)]
+struct GroupsArgs {
+    #[command(flatten)]
+    #[serde(flatten)]
+    role: RoleArgs,
+    /// Unique among groups nodes.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    node_id: Option<i32>,
+    /// host:port the edge and clients should dial.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    advertised_address: Option<String>,
+    /// A coordinator's gRPC address (default: the active controller's).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    coordinator_address: Option<String>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lease_ttl_secs: Option<u64>,
+    /// Partitions of __consumer_offsets when this node creates it.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    offsets_topic_partitions: Option<i32>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    initial_rebalance_delay_ms: Option<u64>,
 }
 
 /// Where the tools find the cluster.
@@ -365,6 +403,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("  coordinator gRPC  {}", cluster.coordinator);
             println!("  storage gRPC      {}", cluster.storage);
             println!("  ingest gRPC       {}", cluster.ingest);
+            println!("  groups gRPC       {}", cluster.groups);
             println!("  Kafka (edge)      {}", cluster.kafka);
             if !config.metrics_listen.is_empty() {
                 println!(
@@ -419,6 +458,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             )
             .await
         }
+        Command::Groups(args) => {
+            run_role(
+                "runnel-groups",
+                &args.role,
+                &args,
+                "0.0.0.0:9801",
+                |c, s, l| runnel_groups::serve(c, s, l, runnel_rpc::shutdown_signal()),
+            )
+            .await
+        }
         Command::Topic(cmd) => topic(cmd).await,
         Command::Produce(args) => produce(args).await,
         Command::Consume(args) => consume(args).await,
@@ -448,7 +497,8 @@ role_config!(
     runnel_coordinator::CoordinatorConfig,
     runnel_storage::StorageConfig,
     runnel_ingest::IngestConfig,
-    runnel_edge::EdgeConfig
+    runnel_edge::EdgeConfig,
+    runnel_groups::GroupsConfig
 );
 
 /// Runs one role as its own process: telemetry, layered config, metrics,
