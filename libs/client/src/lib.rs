@@ -5,7 +5,9 @@
 //!   sends through ingest and resolves each record's offset; keys go to the
 //!   partition Kafka's default partitioner would pick;
 //! - [`Consumer`] reads assigned partitions straight from their leaders with
-//!   long-poll fetches, from an offset, the earliest or latest, or a time.
+//!   long-poll fetches, from an offset, the earliest or latest, or a time;
+//! - [`Groups`] administers consumer groups (list, describe with lag, reset
+//!   offsets, delete) through the groups service.
 //!
 //! The records stored are Kafka RecordBatch v2, the same bytes a Kafka client
 //! writes through the edge.
@@ -13,11 +15,14 @@
 mod admin;
 mod consumer;
 mod error;
+mod groups;
 mod producer;
 
 pub use admin::{Admin, NewTopic};
 pub use consumer::{ConsumedRecord, Consumer, ConsumerConfig, StartOffset};
 pub use error::ClientError;
+pub use groups::{Groups, group_error_name};
+pub use runnel_proto::groups::v1 as groups_pb;
 pub use producer::{DeliveryFuture, Producer, ProducerConfig, RecordMetadata};
 pub use runnel_proto::coordinator::v1::{Node, PartitionInfo, TopicInfo};
 pub use runnel_records::Compression;

@@ -150,7 +150,19 @@ impl GroupsService for GroupsGrpc {
     async fn offset_fetch(&self, req: Request<pb::OffsetFetchRequest>) -> Res<pb::OffsetFetchResponse> {
         let req = req.into_inner();
         match self.node.shard_for(&req.group_id) {
-            Ok(shard) => Ok(Response::new(shard.fetch_offsets(&req))),
+            Ok(shard) => {
+                let mut resp = shard.fetch_offsets(&req);
+                if req.include_log_end {
+                    let ends = self
+                        .node
+                        .log_end_offsets(resp.offsets.iter().map(|o| (o.topic.clone(), o.partition)))
+                        .await;
+                    for o in &mut resp.offsets {
+                        o.log_end_offset = ends.get(&(o.topic.clone(), o.partition)).copied().unwrap_or(-1);
+                    }
+                }
+                Ok(Response::new(resp))
+            }
             Err(c) => Ok(Response::new(pb::OffsetFetchResponse {
                 error_code: c,
                 ..Default::default()
@@ -171,16 +183,34 @@ impl GroupsService for GroupsGrpc {
 
     async fn list_groups(&self, req: Request<pb::ListGroupsRequest>) -> Res<pb::ListGroupsResponse> {
         let req = req.into_inner();
-        let groups = self
+        let mut groups: Vec<pb::ListedGroup> = self
             .node
             .active_shards()
             .iter()
             .flat_map(|s| s.list(&req.states_filter))
             .collect();
-        Ok(Response::new(pb::ListGroupsResponse {
-            error_code: code::NONE,
-            groups,
-        }))
+        let mut error_code = code::NONE;
+        if req.all_nodes {
+            let md = self.node.watcher.current();
+            for other in md.groups_nodes.values().filter(|n| n.node_id != self.node.me.node_id) {
+                let ask = pb::ListGroupsRequest {
+                    states_filter: req.states_filter.clone(),
+                    all_nodes: false,
+                };
+                match self.node.peer(&other.address) {
+                    Ok(mut client) => match client.list_groups(ask).await {
+                        Ok(r) => groups.extend(r.into_inner().groups),
+                        Err(s) => {
+                            tracing::warn!(node = other.node_id, error = %s.message(), "listing groups of a peer failed");
+                            error_code = code::COORDINATOR_NOT_AVAILABLE;
+                        }
+                    },
+                    Err(_) => error_code = code::COORDINATOR_NOT_AVAILABLE,
+                }
+            }
+        }
+        groups.sort_by(|a, b| a.group_id.cmp(&b.group_id));
+        Ok(Response::new(pb::ListGroupsResponse { error_code, groups }))
     }
 
     async fn describe_groups(&self, req: Request<pb::DescribeGroupsRequest>) -> Res<pb::DescribeGroupsResponse> {

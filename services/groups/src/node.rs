@@ -121,6 +121,14 @@ impl GroupsNode {
             .collect()
     }
 
+    /// A client to another groups node.
+    pub fn peer(
+        &self,
+        address: &str,
+    ) -> Result<runnel_proto::groups::v1::groups_service_client::GroupsServiceClient<tonic::transport::Channel>, runnel_rpc::RpcError> {
+        Ok(runnel_proto::groups::v1::groups_service_client::GroupsServiceClient::new(self.journal.pool.get(address)?))
+    }
+
     /// Whether a topic partition exists (offsets are only taken for those).
     pub fn known_partition(&self, topic: &str, partition: i32) -> bool {
         self.watcher

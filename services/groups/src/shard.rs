@@ -323,6 +323,7 @@ impl Shard {
             metadata: v.map(|v| v.metadata.clone()).unwrap_or_default(),
             commit_timestamp_ms: v.map_or(-1, |v| v.commit_timestamp_ms),
             error_code: code::NONE,
+            log_end_offset: -1,
         };
         let list = if req.all_topics || req.topics.is_empty() {
             offsets.iter().map(|((t, p), v)| found(t, *p, Some(v))).collect()
