@@ -183,7 +183,7 @@ if ! docker run --rm "$RUNNEL_IMAGE" edge --help >/dev/null 2>&1; then
   EDGE=0
   warn "'runnel edge --help' fails: this binary has no Kafka edge yet. The edge container and EVERY Kafka-client check (kcat, confluent-kafka, the edge scrape target) are SKIPPED."
 fi
-SERVICES=(etcd coordinator-1 coordinator-2 storage-1 storage-2 storage-3 ingest)
+SERVICES=(etcd coordinator-1 coordinator-2 storage-1 storage-2 storage-3 ingest groups-1 groups-2)
 [ "$EDGE" = 1 ] && SERVICES+=(edge)
 SERVICES+=(prometheus)
 
@@ -234,7 +234,7 @@ if [ "$EDGE" = 1 ]; then
     "$RUNNEL" topic create python-demo --partitions 3 --coordinator "$COORD" >/dev/null
     "$PY" - "$KAFKA" <<'EOF'
 import sys, time
-from confluent_kafka import Consumer, Producer, TopicPartition, OFFSET_BEGINNING
+from confluent_kafka import Consumer, Producer
 
 broker, topic, n = sys.argv[1], "python-demo", 500
 failed = []
@@ -244,30 +244,39 @@ for i in range(n):
               on_delivery=lambda err, msg: err and failed.append(err))
 left = p.flush(30)
 assert left == 0 and not failed, f"produce: {left} undelivered, errors {failed[:3]}"
-c = Consumer({"bootstrap.servers": broker, "group.id": "compose-test", "enable.auto.commit": False})
-parts = c.list_topics(topic, timeout=10).topics[topic].partitions
-c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
-seen, deadline = set(), time.time() + 60
+# A consumer group (the groups nodes coordinate it), committing as it goes.
+c = Consumer({"bootstrap.servers": broker, "group.id": "compose-test", "enable.auto.commit": False,
+              "auto.offset.reset": "earliest", "session.timeout.ms": 10000})
+c.subscribe([topic])
+seen, deadline = set(), time.time() + 90
 while len(seen) < n and time.time() < deadline:
     m = c.poll(1.0)
     if m is None:
         continue
     assert not m.error(), m.error()
     seen.add(m.value().decode())
+    c.commit(message=m, asynchronous=False)
 c.close()
 assert seen == {f"confluent-{i}" for i in range(n)}, f"consumed {len(seen)} of {n}"
-print(f"   confluent-kafka: produced {n} (acks=all, idempotent) and consumed all {n} through the edge")
+print(f"   confluent-kafka: produced {n} (acks=all, idempotent), consumed all {n} in group compose-test through the edge")
 EOF
+    step "runnel group describe shows the group's committed offsets, no lag"
+    docker run --rm --network "$NETWORK" "$RUNNEL_IMAGE" group describe compose-test \
+      --groups groups-1:7700 --coordinator "$IN_NETWORK_COORDINATOR:7400" | tee "$TMP/group.describe"
+    grep -q "state Empty" "$TMP/group.describe" || fail "group compose-test is not Empty after its consumer closed"
+    awk '$1 == "python-demo" { n++; if ($5 != 0) bad++ } END { exit !(n == 3 && bad == 0) }' "$TMP/group.describe" ||
+      fail "expected 3 partitions of python-demo with lag 0 in 'runnel group describe'"
   else
     warn "confluent-kafka is not importable (run tests/setup.sh): confluent-kafka checks skipped"
   fi
 fi
 
 step "Prometheus (observability profile) scrapes every role"
-# 2 coordinators + 3 storage nodes + ingest + Prometheus itself (+ the edge).
-expect_jobs="coordinator storage ingest prometheus"
-expect_targets=7
-if [ "$EDGE" = 1 ]; then expect_jobs="$expect_jobs edge"; expect_targets=8; fi
+# 2 coordinators + 3 storage nodes + ingest + 2 groups nodes + Prometheus
+# itself (+ the edge).
+expect_jobs="coordinator storage ingest groups prometheus"
+expect_targets=9
+if [ "$EDGE" = 1 ]; then expect_jobs="$expect_jobs edge"; expect_targets=10; fi
 targets() {
   curl -sf "http://127.0.0.1:$P_PROM/api/v1/targets" | python3 -c '
 import json, sys
