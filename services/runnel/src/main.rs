@@ -46,6 +46,9 @@ enum Command {
     Produce(ProduceArgs),
     /// Print records, one per line.
     Consume(ConsumeArgs),
+    /// List, describe, delete consumer groups and reset their offsets.
+    #[command(subcommand)]
+    Group(runnel::group_cli::GroupCommand),
     /// Benchmarks, each with a baseline measured in the same run.
     #[command(subcommand)]
     Perf(runnel::perf::PerfCommand),
@@ -471,6 +474,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Topic(cmd) => topic(cmd).await,
         Command::Produce(args) => produce(args).await,
         Command::Consume(args) => consume(args).await,
+        Command::Group(cmd) => runnel::group_cli::run(cmd).await,
         Command::Perf(cmd) => runnel::perf::run(cmd).await,
     }
 }
@@ -689,14 +693,6 @@ async fn produce(args: ProduceArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn parse_time(s: &str) -> anyhow::Result<i64> {
-    if let Ok(ms) = s.parse::<i64>() {
-        return Ok(ms);
-    }
-    let t = humantime::parse_rfc3339_weak(s)
-        .with_context(|| format!("invalid time {s:?}: use RFC 3339 or milliseconds"))?;
-    Ok(t.duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64)
-}
 
 async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
     let mut consumer = Consumer::new(ConsumerConfig::new(&args.endpoints.coordinator))?;
@@ -708,7 +704,7 @@ async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
         }
         StartOffset::Offset(o)
     } else if let Some(t) = &args.from_time {
-        StartOffset::Timestamp(parse_time(t)?)
+        StartOffset::Timestamp(runnel::parse_time(t)?)
     } else {
         StartOffset::Latest
     };
