@@ -62,7 +62,7 @@ pub fn group_shard(group_id: &str, shards: i32) -> i32 {
     for unit in group_id.encode_utf16() {
         h = h.wrapping_mul(31).wrapping_add(unit as i32);
     }
-    ((h & 0x7fff_ffff) % shards.max(1)) as i32
+    (h & 0x7fff_ffff) % shards.max(1)
 }
 
 /// A topic as created; partitions are stored separately.

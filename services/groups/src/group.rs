@@ -374,7 +374,6 @@ impl Group {
         if let Some(w) = member.sync_waiter.take() {
             let _ = w.send(error_sync(code::FENCED_INSTANCE_ID));
         }
-        let changed = member.protocols != req.protocols;
         member.id = new_id.clone();
         member.protocols = req.protocols.clone();
         member.client_id = req.client_id.clone();
@@ -390,12 +389,17 @@ impl Group {
         }
         tracing::info!(group = %self.id, instance = %instance, old = %old_id, new = %new_id, "static member rejoins");
         self.dirty = true;
+        // Kafka's rule: a returning static member triggers no rebalance
+        // unless the group's protocol would change (its subscription bytes
+        // may differ, e.g. a fresh client owns no partitions yet).
+        let protocol_kept = self.select_protocol() == self.protocol;
         match self.state {
-            State::Stable if !changed && (!was_leader || req.request_version >= 9) => {
+            State::Stable if protocol_kept => {
                 let mut resp = self.join_response(&new_id);
-                // KIP-814: the leader learns the members but keeps the
-                // current assignment.
-                resp.skip_assignment = was_leader;
+                // KIP-814: a returning leader learns the members but keeps
+                // the current assignment (older clients' new assignment is
+                // ignored: a sync in Stable hands out the stored one).
+                resp.skip_assignment = was_leader && req.request_version >= 9;
                 return Reply::Now(resp);
             }
             State::PreparingRebalance => {}
@@ -1100,9 +1104,12 @@ mod tests {
         let _ = sync(&mut g, &other.member_id, 1, &[]);
         assert_eq!(g.state, State::Stable);
         let other_instance = if other.member_id.starts_with("i1") { "i1" } else { "i2" };
-        // The non-leader restarts with the same instance id: same generation,
-        // new member id, no rebalance, and its old assignment on sync.
-        let back = now_reply(g.join(join_req("", Some(other_instance), &["range"]), &limits(), now));
+        // The non-leader restarts with the same instance id (a fresh client:
+        // its subscription bytes differ): same generation, new member id, no
+        // rebalance, and its old assignment on sync.
+        let mut rejoin = join_req("", Some(other_instance), &["range"]);
+        rejoin.protocols[0].metadata = Bytes::from_static(b"fresh client, owns nothing yet");
+        let back = now_reply(g.join(rejoin, &limits(), now));
         assert_eq!(back.error_code, 0);
         assert_eq!(back.generation_id, 1);
         assert_ne!(back.member_id, other.member_id);

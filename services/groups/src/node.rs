@@ -197,7 +197,7 @@ impl GroupsNode {
             self.ensure_offsets_topic().await;
             return;
         };
-        if !md.topic(OFFSETS_TOPIC).is_some_and(|t| t.partitions.len() as i32 >= count) {
+        if md.topic(OFFSETS_TOPIC).is_none_or(|t| (t.partitions.len() as i32) < count) {
             return;
         }
         let live: Vec<i32> = md.groups_nodes.keys().copied().collect();
