@@ -35,6 +35,11 @@ pub struct EdgeConfig {
     pub max_request_bytes: usize,
     /// Connections served at once; further connections are closed at accept.
     pub max_connections: usize,
+    /// Requests of one connection read ahead while an earlier one is being
+    /// served (answers still go out in order).
+    pub max_queued_requests: usize,
+    /// Bytes of read-ahead requests the whole edge may hold.
+    pub max_queued_request_bytes: usize,
     /// A connection that sends nothing for this long is closed (Kafka's
     /// `connections.max.idle.ms`).
     pub connections_max_idle_ms: u64,
@@ -60,6 +65,8 @@ impl Default for EdgeConfig {
             ingest_address: "127.0.0.1:7600".into(),
             max_request_bytes: 100 * 1024 * 1024,
             max_connections: 10_000,
+            max_queued_requests: 16,
+            max_queued_request_bytes: 256 * 1024 * 1024,
             connections_max_idle_ms: 600_000,
             request_timeout_ms: 30_000,
             lease_ttl_secs: 10,

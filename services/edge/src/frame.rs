@@ -35,6 +35,20 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::AlterConfigs, 0, 2),
     (ApiKey::IncrementalAlterConfigs, 0, 1),
     (ApiKey::DescribeLogDirs, 1, 4),
+    // Consumer groups, forwarded to the groups node owning the group
+    // (api/groups.rs). OffsetCommit v0-1 and OffsetFetch v0 are gone from
+    // the kafka-protocol crate (Kafka 4.0 removed them, KIP-896).
+    (ApiKey::FindCoordinator, 0, 4),
+    (ApiKey::JoinGroup, 0, 9),
+    (ApiKey::SyncGroup, 0, 5),
+    (ApiKey::Heartbeat, 0, 4),
+    (ApiKey::LeaveGroup, 0, 5),
+    (ApiKey::OffsetCommit, 2, 8),
+    (ApiKey::OffsetFetch, 1, 8),
+    (ApiKey::ListGroups, 0, 4),
+    (ApiKey::DescribeGroups, 0, 5),
+    (ApiKey::DeleteGroups, 0, 2),
+    (ApiKey::OffsetDelete, 0, 0),
 ];
 
 /// The version range the edge accepts for an API, if it serves it.
@@ -62,6 +76,17 @@ pub fn api_name(api: ApiKey) -> &'static str {
         ApiKey::AlterConfigs => "AlterConfigs",
         ApiKey::IncrementalAlterConfigs => "IncrementalAlterConfigs",
         ApiKey::DescribeLogDirs => "DescribeLogDirs",
+        ApiKey::FindCoordinator => "FindCoordinator",
+        ApiKey::JoinGroup => "JoinGroup",
+        ApiKey::SyncGroup => "SyncGroup",
+        ApiKey::Heartbeat => "Heartbeat",
+        ApiKey::LeaveGroup => "LeaveGroup",
+        ApiKey::OffsetCommit => "OffsetCommit",
+        ApiKey::OffsetFetch => "OffsetFetch",
+        ApiKey::ListGroups => "ListGroups",
+        ApiKey::DescribeGroups => "DescribeGroups",
+        ApiKey::DeleteGroups => "DeleteGroups",
+        ApiKey::OffsetDelete => "OffsetDelete",
         _ => "other",
     }
 }
@@ -125,6 +150,17 @@ pub enum Request {
     AlterConfigs(AlterConfigsRequest),
     IncrementalAlterConfigs(IncrementalAlterConfigsRequest),
     DescribeLogDirs(DescribeLogDirsRequest),
+    FindCoordinator(FindCoordinatorRequest),
+    JoinGroup(JoinGroupRequest),
+    SyncGroup(SyncGroupRequest),
+    Heartbeat(HeartbeatRequest),
+    LeaveGroup(LeaveGroupRequest),
+    OffsetCommit(OffsetCommitRequest),
+    OffsetFetch(OffsetFetchRequest),
+    ListGroups(ListGroupsRequest),
+    DescribeGroups(DescribeGroupsRequest),
+    DeleteGroups(DeleteGroupsRequest),
+    OffsetDelete(OffsetDeleteRequest),
 }
 
 /// What a frame turned out to be.
@@ -210,6 +246,17 @@ pub fn parse_request(frame: Bytes) -> Result<Parsed, ProtocolError> {
             Request::IncrementalAlterConfigs(body(&mut buf, api, version)?)
         }
         ApiKey::DescribeLogDirs => Request::DescribeLogDirs(body(&mut buf, api, version)?),
+        ApiKey::FindCoordinator => Request::FindCoordinator(body(&mut buf, api, version)?),
+        ApiKey::JoinGroup => Request::JoinGroup(body(&mut buf, api, version)?),
+        ApiKey::SyncGroup => Request::SyncGroup(body(&mut buf, api, version)?),
+        ApiKey::Heartbeat => Request::Heartbeat(body(&mut buf, api, version)?),
+        ApiKey::LeaveGroup => Request::LeaveGroup(body(&mut buf, api, version)?),
+        ApiKey::OffsetCommit => Request::OffsetCommit(body(&mut buf, api, version)?),
+        ApiKey::OffsetFetch => Request::OffsetFetch(body(&mut buf, api, version)?),
+        ApiKey::ListGroups => Request::ListGroups(body(&mut buf, api, version)?),
+        ApiKey::DescribeGroups => Request::DescribeGroups(body(&mut buf, api, version)?),
+        ApiKey::DeleteGroups => Request::DeleteGroups(body(&mut buf, api, version)?),
+        ApiKey::OffsetDelete => Request::OffsetDelete(body(&mut buf, api, version)?),
         _ => return Err(ProtocolError::UnsupportedVersion { api, version }),
     };
     Ok(Parsed::Request {
@@ -376,6 +423,17 @@ mod tests {
                         encoded::<IncrementalAlterConfigsRequest>(api, v)
                     }
                     ApiKey::DescribeLogDirs => encoded::<DescribeLogDirsRequest>(api, v),
+                    ApiKey::FindCoordinator => encoded::<FindCoordinatorRequest>(api, v),
+                    ApiKey::JoinGroup => encoded::<JoinGroupRequest>(api, v),
+                    ApiKey::SyncGroup => encoded::<SyncGroupRequest>(api, v),
+                    ApiKey::Heartbeat => encoded::<HeartbeatRequest>(api, v),
+                    ApiKey::LeaveGroup => encoded::<LeaveGroupRequest>(api, v),
+                    ApiKey::OffsetCommit => encoded::<OffsetCommitRequest>(api, v),
+                    ApiKey::OffsetFetch => encoded::<OffsetFetchRequest>(api, v),
+                    ApiKey::ListGroups => encoded::<ListGroupsRequest>(api, v),
+                    ApiKey::DescribeGroups => encoded::<DescribeGroupsRequest>(api, v),
+                    ApiKey::DeleteGroups => encoded::<DeleteGroupsRequest>(api, v),
+                    ApiKey::OffsetDelete => encoded::<OffsetDeleteRequest>(api, v),
                     other => panic!("{other:?} served but not tested"),
                 };
                 match parse_request(frame) {

@@ -40,6 +40,17 @@ const SOURCES: &[&str] = &[
     include_str!("../schemas/AlterConfigsRequest.json"),
     include_str!("../schemas/IncrementalAlterConfigsRequest.json"),
     include_str!("../schemas/DescribeLogDirsRequest.json"),
+    include_str!("../schemas/FindCoordinatorRequest.json"),
+    include_str!("../schemas/JoinGroupRequest.json"),
+    include_str!("../schemas/SyncGroupRequest.json"),
+    include_str!("../schemas/HeartbeatRequest.json"),
+    include_str!("../schemas/LeaveGroupRequest.json"),
+    include_str!("../schemas/OffsetCommitRequest.json"),
+    include_str!("../schemas/OffsetFetchRequest.json"),
+    include_str!("../schemas/ListGroupsRequest.json"),
+    include_str!("../schemas/DescribeGroupsRequest.json"),
+    include_str!("../schemas/DeleteGroupsRequest.json"),
+    include_str!("../schemas/OffsetDeleteRequest.json"),
 ];
 
 /// An inclusive version range; `None` means "no version".
@@ -404,7 +415,10 @@ mod tests {
     #[test]
     fn every_schema_parses() {
         let s = schemas();
-        for key in [0, 1, 2, 3, 18, 19, 20, 22, 32, 33, 35, 37, 44, 60] {
+        for key in [
+            0, 1, 2, 3, 8, 9, 10, 11, 12, 13, 14, 15, 16, 18, 19, 20, 22, 32, 33, 35, 37, 42, 44,
+            47, 60,
+        ] {
             assert!(s.contains_key(&key), "API key {key}");
         }
     }
@@ -559,6 +573,223 @@ mod tests {
         // v1: topics count (4), name (2 + 1), partitions count (4).
         body[7..11].copy_from_slice(&i32::MAX.to_be_bytes());
         assert!(check(35, 1, &body).is_err());
+    }
+
+    /// The consumer-group requests, filled in as clients send them, pass the
+    /// walk at every version served, and the crate decodes exactly the bytes
+    /// the walk accepted.
+    #[test]
+    fn accepts_the_group_requests_the_crate_encodes() {
+        use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
+        use kafka_protocol::messages::leave_group_request::MemberIdentity;
+        use kafka_protocol::messages::offset_commit_request::{
+            OffsetCommitRequestPartition, OffsetCommitRequestTopic,
+        };
+        use kafka_protocol::messages::offset_delete_request::{
+            OffsetDeleteRequestPartition, OffsetDeleteRequestTopic,
+        };
+        use kafka_protocol::messages::offset_fetch_request::{
+            OffsetFetchRequestGroup, OffsetFetchRequestTopic, OffsetFetchRequestTopics,
+        };
+        use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
+        use kafka_protocol::protocol::Decodable;
+        let s = |v: &'static str| StrBytes::from_static_str(v);
+        let g = || GroupId(s("group-1"));
+        fn walk_and_decode<T: Encodable + Decodable>(key: i16, msg: &T, v: i16) {
+            let body = encoded(msg, v).freeze();
+            check(key, v, &body).unwrap_or_else(|e| panic!("api {key} v{v}: {e}"));
+            let mut rest = body.clone();
+            T::decode(&mut rest, v).unwrap_or_else(|e| panic!("api {key} v{v}: {e}"));
+            assert!(rest.is_empty(), "api {key} v{v}: bytes left");
+        }
+        for v in 0..=4 {
+            let mut fc = FindCoordinatorRequest::default();
+            if v >= 4 {
+                fc.coordinator_keys = vec![s("a"), s("b")];
+            } else {
+                fc.key = s("group-1");
+            }
+            walk_and_decode(10, &fc, v);
+        }
+        for v in 0..=9 {
+            let mut jg = JoinGroupRequest::default()
+                .with_group_id(g())
+                .with_session_timeout_ms(10_000)
+                .with_member_id(s("m"))
+                .with_protocol_type(s("consumer"))
+                .with_protocols(vec![
+                    JoinGroupRequestProtocol::default()
+                        .with_name(s("range"))
+                        .with_metadata(bytes::Bytes::from_static(b"\0\x01abc")),
+                    JoinGroupRequestProtocol::default().with_name(s("cooperative-sticky")),
+                ]);
+            if v >= 1 {
+                jg.rebalance_timeout_ms = 30_000;
+            }
+            if v >= 5 {
+                jg.group_instance_id = Some(s("i"));
+            }
+            if v >= 8 {
+                jg.reason = Some(s("why"));
+            }
+            walk_and_decode(11, &jg, v);
+        }
+        for v in 0..=5 {
+            let mut sg = SyncGroupRequest::default()
+                .with_group_id(g())
+                .with_generation_id(1)
+                .with_member_id(s("m"))
+                .with_assignments(vec![
+                    SyncGroupRequestAssignment::default()
+                        .with_member_id(s("m"))
+                        .with_assignment(bytes::Bytes::from_static(b"xyz")),
+                ]);
+            if v >= 3 {
+                sg.group_instance_id = Some(s("i"));
+            }
+            if v >= 5 {
+                sg.protocol_type = Some(s("consumer"));
+                sg.protocol_name = Some(s("range"));
+            }
+            walk_and_decode(14, &sg, v);
+        }
+        for v in 0..=4 {
+            let mut hb = HeartbeatRequest::default()
+                .with_group_id(g())
+                .with_generation_id(1)
+                .with_member_id(s("m"));
+            if v >= 3 {
+                hb.group_instance_id = Some(s("i"));
+            }
+            walk_and_decode(12, &hb, v);
+        }
+        for v in 0..=5 {
+            let mut lg = LeaveGroupRequest::default().with_group_id(g());
+            if v >= 3 {
+                let mut m = MemberIdentity::default()
+                    .with_member_id(s("m"))
+                    .with_group_instance_id(Some(s("i")));
+                if v >= 5 {
+                    m.reason = Some(s("bye"));
+                }
+                lg.members = vec![m, MemberIdentity::default().with_member_id(s("n"))];
+            } else {
+                lg.member_id = s("m");
+            }
+            walk_and_decode(13, &lg, v);
+        }
+        for v in 2..=8 {
+            let mut oc = OffsetCommitRequest::default()
+                .with_group_id(g())
+                .with_generation_id_or_member_epoch(3)
+                .with_member_id(s("m"))
+                .with_topics(vec![
+                    OffsetCommitRequestTopic::default()
+                        .with_name(TopicName(s("t")))
+                        .with_partitions(vec![
+                            OffsetCommitRequestPartition::default()
+                                .with_partition_index(0)
+                                .with_committed_offset(42)
+                                .with_committed_metadata(Some(s("meta"))),
+                            OffsetCommitRequestPartition::default()
+                                .with_partition_index(1)
+                                .with_committed_offset(7)
+                                .with_committed_metadata(None),
+                        ]),
+                ]);
+            if v <= 4 {
+                oc.retention_time_ms = 1000;
+            }
+            if v >= 7 {
+                oc.group_instance_id = Some(s("i"));
+            }
+            walk_and_decode(8, &oc, v);
+        }
+        for v in 1..=8 {
+            let topics = vec![
+                OffsetFetchRequestTopic::default()
+                    .with_name(TopicName(s("t")))
+                    .with_partition_indexes(vec![0, 1, 2]),
+            ];
+            let mut of = OffsetFetchRequest::default();
+            if v >= 8 {
+                of.groups = vec![
+                    OffsetFetchRequestGroup::default()
+                        .with_group_id(g())
+                        .with_topics(Some(vec![
+                            OffsetFetchRequestTopics::default()
+                                .with_name(TopicName(s("t")))
+                                .with_partition_indexes(vec![0]),
+                        ])),
+                    OffsetFetchRequestGroup::default()
+                        .with_group_id(GroupId(s("all")))
+                        .with_topics(None),
+                ];
+                of.require_stable = true;
+            } else {
+                of.group_id = g();
+                of.topics = Some(topics);
+                if v >= 7 {
+                    of.require_stable = true;
+                }
+            }
+            walk_and_decode(9, &of, v);
+            if (2..8).contains(&v) {
+                let all = OffsetFetchRequest::default()
+                    .with_group_id(g())
+                    .with_topics(None);
+                walk_and_decode(9, &all, v);
+            }
+        }
+        for v in 0..=4 {
+            let mut lg = ListGroupsRequest::default();
+            if v >= 4 {
+                lg.states_filter = vec![s("Stable"), s("Empty")];
+            }
+            walk_and_decode(16, &lg, v);
+        }
+        for v in 0..=5 {
+            let mut dg = DescribeGroupsRequest::default().with_groups(vec![g(), GroupId(s(""))]);
+            if v >= 3 {
+                dg.include_authorized_operations = true;
+            }
+            walk_and_decode(15, &dg, v);
+        }
+        for v in 0..=2 {
+            let dg = DeleteGroupsRequest::default().with_groups_names(vec![g(), GroupId(s("x"))]);
+            walk_and_decode(42, &dg, v);
+        }
+        let od = OffsetDeleteRequest::default()
+            .with_group_id(g())
+            .with_topics(vec![
+                OffsetDeleteRequestTopic::default()
+                    .with_name(TopicName(s("t")))
+                    .with_partitions(vec![
+                        OffsetDeleteRequestPartition::default().with_partition_index(3),
+                    ]),
+            ]);
+        walk_and_decode(47, &od, 0);
+
+        // JoinGroup v5 whose protocol list claims i32::MAX entries: group
+        // id (2 + 7), session timeout, rebalance timeout, member id (2 + 1),
+        // a null instance id, protocol type (2 + 8), then the count.
+        let jg = JoinGroupRequest::default()
+            .with_group_id(g())
+            .with_member_id(s("m"))
+            .with_protocol_type(s("consumer"));
+        let mut body = encoded(&jg, 5).to_vec();
+        let at = 9 + 4 + 4 + 3 + 2 + 10;
+        assert_eq!(&body[at..at + 4], &[0, 0, 0, 0]);
+        body[at..at + 4].copy_from_slice(&i32::MAX.to_be_bytes());
+        assert!(check(11, 5, &body).is_err());
+        // OffsetCommit v8 (flexible) whose topic count claims 2^28 entries.
+        let oc = OffsetCommitRequest::default().with_group_id(g());
+        let mut body = encoded(&oc, 8).to_vec();
+        // group id (1 + 7), generation (4), member id (1), instance id (1).
+        let at = 8 + 4 + 1 + 1;
+        assert_eq!(body[at], 1, "an empty compact array");
+        body.splice(at..at + 1, [0x80, 0x80, 0x80, 0x80, 0x01]);
+        assert!(check(8, 8, &body).is_err());
     }
 
     /// Every API the edge serves has a schema covering every version served.

@@ -85,6 +85,7 @@ pub async fn serve(
         stop_rx.clone(),
     );
     let limit = Arc::new(Semaphore::new(config.max_connections));
+    let read_ahead = crate::conn::ReadAhead::new(config.max_queued_request_bytes);
     let edge = Arc::new(Edge {
         config,
         me,
@@ -124,10 +125,11 @@ pub async fn serve(
         metrics::counter!("runnel_edge_connections_total").increment(1);
         let edge = edge.clone();
         let stop = stop_rx.clone();
+        let read_ahead = read_ahead.clone();
         connections.spawn(async move {
             let gauge = metrics::gauge!("runnel_edge_connections");
             gauge.increment(1.0);
-            crate::conn::serve(edge, stream, peer, stop).await;
+            crate::conn::serve(edge, read_ahead, stream, peer, stop).await;
             gauge.decrement(1.0);
             drop(permit);
         });

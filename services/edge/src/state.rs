@@ -1,6 +1,6 @@
 //! What every connection of an edge instance shares: its identity as a
 //! broker, the watched cluster metadata, the live edges, and gRPC clients to
-//! the coordinator, ingest and the storage nodes.
+//! the coordinator, ingest, the storage nodes and the groups nodes.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -9,6 +9,7 @@ use std::time::Duration;
 use runnel_cluster::{ClusterMetadata, TopicState};
 use runnel_proto::coordinator::v1 as coord;
 use runnel_proto::coordinator::v1::coordinator_service_client::CoordinatorServiceClient;
+use runnel_proto::groups::v1::groups_service_client::GroupsServiceClient;
 use runnel_proto::ingest::v1::ingest_service_client::IngestServiceClient;
 use runnel_proto::storage::v1::storage_service_client::StorageServiceClient;
 use tonic::transport::Channel;
@@ -72,6 +73,13 @@ impl Edge {
 
     pub fn storage(&self, address: &str) -> Result<StorageServiceClient<Channel>, tonic::Status> {
         Ok(StorageServiceClient::new(self.channel(address)?)
+            .max_decoding_message_size(runnel_rpc::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(runnel_rpc::MAX_MESSAGE_BYTES))
+    }
+
+    /// A client to the groups node at `address` (a group's coordinator).
+    pub fn groups(&self, address: &str) -> Result<GroupsServiceClient<Channel>, tonic::Status> {
+        Ok(GroupsServiceClient::new(self.channel(address)?)
             .max_decoding_message_size(runnel_rpc::MAX_MESSAGE_BYTES)
             .max_encoding_message_size(runnel_rpc::MAX_MESSAGE_BYTES))
     }

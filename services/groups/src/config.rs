@@ -45,6 +45,12 @@ pub struct GroupsConfig {
     pub offsets_retention_minutes: u64,
     /// How often consumer lag is computed and exported, in seconds (0 = never).
     pub lag_interval_secs: u64,
+    /// KIP-848 groups: a member that does not heartbeat for this long is
+    /// removed (`group.consumer.session.timeout.ms`).
+    pub consumer_session_timeout_ms: u64,
+    /// KIP-848 groups: how often members heartbeat
+    /// (`group.consumer.heartbeat.interval.ms`).
+    pub consumer_heartbeat_interval_ms: i32,
 }
 
 impl Default for GroupsConfig {
@@ -66,6 +72,8 @@ impl Default for GroupsConfig {
             offset_metadata_max_bytes: 4096,
             offsets_retention_minutes: 7 * 24 * 60,
             lag_interval_secs: 30,
+            consumer_session_timeout_ms: 45_000,
+            consumer_heartbeat_interval_ms: 5_000,
         }
     }
 }

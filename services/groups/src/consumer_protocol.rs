@@ -26,11 +26,13 @@ impl Reader<'_> {
         self.take(2).map(|b| i16::from_be_bytes([b[0], b[1]]))
     }
     fn i32(&mut self) -> Option<i32> {
-        self.take(4).map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+        self.take(4)
+            .map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
     }
     fn string(&mut self) -> Option<String> {
         let len = usize::try_from(self.i16()?).ok()?;
-        self.take(len).map(|b| String::from_utf8_lossy(b).into_owned())
+        self.take(len)
+            .map(|b| String::from_utf8_lossy(b).into_owned())
     }
     /// An array count, refused if even minimal elements could not fit.
     fn count(&mut self, min_element: usize) -> Option<usize> {
@@ -67,6 +69,41 @@ pub fn assignment_partitions(assignment: &[u8]) -> Option<Vec<(String, Vec<i32>)
         out.push((topic, partitions));
     }
     Some(out)
+}
+
+fn put_string(out: &mut Vec<u8>, s: &str) {
+    let len = i16::try_from(s.len()).unwrap_or(i16::MAX);
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(&s.as_bytes()[..len as usize]);
+}
+
+/// A `ConsumerProtocolSubscription` v0 of these topics (for describing
+/// KIP-848 groups the way tools expect).
+pub fn encode_subscription(topics: &BTreeSet<String>) -> bytes::Bytes {
+    let mut out = vec![0, 0];
+    out.extend_from_slice(&(topics.len() as i32).to_be_bytes());
+    for t in topics {
+        put_string(&mut out, t);
+    }
+    out.extend_from_slice(&(-1i32).to_be_bytes());
+    out.into()
+}
+
+/// A `ConsumerProtocolAssignment` v0 of these partitions.
+pub fn encode_assignment(
+    assigned: &std::collections::BTreeMap<String, BTreeSet<i32>>,
+) -> bytes::Bytes {
+    let mut out = vec![0, 0];
+    out.extend_from_slice(&(assigned.len() as i32).to_be_bytes());
+    for (t, ps) in assigned {
+        put_string(&mut out, t);
+        out.extend_from_slice(&(ps.len() as i32).to_be_bytes());
+        for p in ps {
+            out.extend_from_slice(&p.to_be_bytes());
+        }
+    }
+    out.extend_from_slice(&(-1i32).to_be_bytes());
+    out.into()
 }
 
 /// Every topic an active member of a consumer group subscribes to.
@@ -108,8 +145,22 @@ mod tests {
         asg.extend_from_slice(&2i32.to_be_bytes());
         asg.extend_from_slice(&3i32.to_be_bytes());
         asg.extend_from_slice(&5i32.to_be_bytes());
-        assert_eq!(assignment_partitions(&asg).unwrap(), vec![("a".to_string(), vec![3, 5])]);
+        assert_eq!(
+            assignment_partitions(&asg).unwrap(),
+            vec![("a".to_string(), vec![3, 5])]
+        );
         assert_eq!(assignment_partitions(&[]).unwrap(), vec![]);
+        // What we encode for KIP-848 groups reads back the same way.
+        let topics: BTreeSet<String> = ["x".to_string(), "y".to_string()].into();
+        assert_eq!(
+            subscription_topics(&encode_subscription(&topics)).unwrap(),
+            vec!["x", "y"]
+        );
+        let assigned = [("x".to_string(), BTreeSet::from([1, 4]))].into();
+        assert_eq!(
+            assignment_partitions(&encode_assignment(&assigned)).unwrap(),
+            vec![("x".to_string(), vec![1, 4])]
+        );
     }
 
     #[test]

@@ -225,8 +225,14 @@ impl Group {
     }
 
     /// Handles JoinGroup.
-    pub fn join(&mut self, req: pb::JoinGroupRequest, limits: &Limits, now: Instant) -> Reply<pb::JoinGroupResponse> {
-        let reject = |code: i32, message: &str| Reply::Now(error_join(&req.member_id, code, message));
+    pub fn join(
+        &mut self,
+        req: pb::JoinGroupRequest,
+        limits: &Limits,
+        now: Instant,
+    ) -> Reply<pb::JoinGroupResponse> {
+        let reject =
+            |code: i32, message: &str| Reply::Now(error_join(&req.member_id, code, message));
         if req.session_timeout_ms < limits.min_session_timeout_ms
             || req.session_timeout_ms > limits.max_session_timeout_ms
         {
@@ -234,7 +240,9 @@ impl Group {
                 code::INVALID_SESSION_TIMEOUT,
                 &format!(
                     "session timeout {} ms is outside [{}, {}]",
-                    req.session_timeout_ms, limits.min_session_timeout_ms, limits.max_session_timeout_ms
+                    req.session_timeout_ms,
+                    limits.min_session_timeout_ms,
+                    limits.max_session_timeout_ms
                 ),
             );
         }
@@ -300,7 +308,9 @@ impl Group {
             State::Stable if !changed && !is_leader => {
                 return Reply::Now(self.join_response(&req.member_id));
             }
-            State::CompletingRebalance | State::Stable => self.prepare_rebalance(now, "member rejoined"),
+            State::CompletingRebalance | State::Stable => {
+                self.prepare_rebalance(now, "member rejoined")
+            }
             State::Empty => return reject(code::UNKNOWN_MEMBER_ID, "unknown member id"),
         }
         let rx = self.wait_join(&req.member_id);
@@ -313,12 +323,21 @@ impl Group {
         if let Some(m) = self.members.get_mut(member_id)
             && let Some(old) = m.join_waiter.replace(tx)
         {
-            let _ = old.send(error_join(member_id, code::UNKNOWN_MEMBER_ID, "superseded by a newer join"));
+            let _ = old.send(error_join(
+                member_id,
+                code::UNKNOWN_MEMBER_ID,
+                "superseded by a newer join",
+            ));
         }
         Reply::Wait(rx)
     }
 
-    fn add_member(&mut self, id: String, req: pb::JoinGroupRequest, now: Instant) -> Reply<pb::JoinGroupResponse> {
+    fn add_member(
+        &mut self,
+        id: String,
+        req: pb::JoinGroupRequest,
+        now: Instant,
+    ) -> Reply<pb::JoinGroupResponse> {
         if self.members.is_empty() {
             self.protocol_type = Some(req.protocol_type.clone());
         }
@@ -362,14 +381,27 @@ impl Group {
     /// A static member came back (with a new member id): it takes over the
     /// old member's place and, if nothing changed, its assignment, without a
     /// rebalance (KIP-345).
-    fn replace_static(&mut self, old_id: &str, req: pb::JoinGroupRequest, now: Instant) -> Reply<pb::JoinGroupResponse> {
+    fn replace_static(
+        &mut self,
+        old_id: &str,
+        req: pb::JoinGroupRequest,
+        now: Instant,
+    ) -> Reply<pb::JoinGroupResponse> {
         let Some(mut member) = self.members.remove(old_id) else {
-            return Reply::Now(error_join("", code::UNKNOWN_MEMBER_ID, "static member vanished"));
+            return Reply::Now(error_join(
+                "",
+                code::UNKNOWN_MEMBER_ID,
+                "static member vanished",
+            ));
         };
         let instance = req.group_instance_id.clone().unwrap_or_default();
         let new_id = new_member_id(&instance);
         if let Some(w) = member.join_waiter.take() {
-            let _ = w.send(error_join(old_id, code::FENCED_INSTANCE_ID, "a newer instance joined"));
+            let _ = w.send(error_join(
+                old_id,
+                code::FENCED_INSTANCE_ID,
+                "a newer instance joined",
+            ));
         }
         if let Some(w) = member.sync_waiter.take() {
             let _ = w.send(error_sync(code::FENCED_INSTANCE_ID));
@@ -470,7 +502,8 @@ impl Group {
         if self.delay_until.is_some_and(|d| now < d) {
             return;
         }
-        let all_joined = self.pending.is_empty() && self.members.values().all(|m| m.join_waiter.is_some());
+        let all_joined =
+            self.pending.is_empty() && self.members.values().all(|m| m.join_waiter.is_some());
         if all_joined {
             self.complete_join(now);
         }
@@ -498,10 +531,19 @@ impl Group {
             return;
         }
         self.protocol = self.select_protocol();
-        if !self.leader.as_ref().is_some_and(|l| self.members.contains_key(l)) {
+        if !self
+            .leader
+            .as_ref()
+            .is_some_and(|l| self.members.contains_key(l))
+        {
             self.leader = self.members.keys().next().cloned();
         }
-        let timeout = self.members.values().map(|m| m.rebalance_timeout).max().unwrap_or_default();
+        let timeout = self
+            .members
+            .values()
+            .map(|m| m.rebalance_timeout)
+            .max()
+            .unwrap_or_default();
         self.sync_deadline = Some(now + timeout);
         self.set_state(State::CompletingRebalance);
         tracing::info!(group = %self.id, generation = self.generation, members = self.members.len(), protocol = ?self.protocol, "generation formed");
@@ -525,18 +567,32 @@ impl Group {
             .protocols
             .iter()
             .map(|p| p.name.as_str())
-            .filter(|name| self.members.values().all(|m| m.protocols.iter().any(|q| q.name == *name)))
+            .filter(|name| {
+                self.members
+                    .values()
+                    .all(|m| m.protocols.iter().any(|q| q.name == *name))
+            })
             .collect();
         let mut votes: HashMap<&str, usize> = HashMap::new();
         for m in self.members.values() {
-            if let Some(choice) = m.protocols.iter().map(|p| p.name.as_str()).find(|n| candidates.contains(n)) {
+            if let Some(choice) = m
+                .protocols
+                .iter()
+                .map(|p| p.name.as_str())
+                .find(|n| candidates.contains(n))
+            {
                 *votes.entry(choice).or_default() += 1;
             }
         }
         // Ties go to the first member's preference order.
         candidates
             .iter()
-            .max_by_key(|c| (votes.get(*c).copied().unwrap_or(0), std::cmp::Reverse(candidates.iter().position(|x| x == *c))))
+            .max_by_key(|c| {
+                (
+                    votes.get(*c).copied().unwrap_or(0),
+                    std::cmp::Reverse(candidates.iter().position(|x| x == *c)),
+                )
+            })
             .map(|s| s.to_string())
     }
 
@@ -551,7 +607,11 @@ impl Group {
             self.static_members.remove(instance);
         }
         if let Some(w) = m.join_waiter.take() {
-            let _ = w.send(error_join(member_id, code::UNKNOWN_MEMBER_ID, "removed from the group"));
+            let _ = w.send(error_join(
+                member_id,
+                code::UNKNOWN_MEMBER_ID,
+                "removed from the group",
+            ));
         }
         if let Some(w) = m.sync_waiter.take() {
             let _ = w.send(error_sync(code::UNKNOWN_MEMBER_ID));
@@ -578,7 +638,12 @@ impl Group {
 
     /// Checks the identity a member claims against the group: the error
     /// code for a stranger, a fenced static instance or a stale generation.
-    fn check_member(&self, member_id: &str, instance: Option<&str>, generation: i32) -> Result<(), i32> {
+    fn check_member(
+        &self,
+        member_id: &str,
+        instance: Option<&str>,
+        generation: i32,
+    ) -> Result<(), i32> {
         if let Some(instance) = instance
             && let Some(id) = self.static_members.get(instance)
             && id != member_id
@@ -596,11 +661,17 @@ impl Group {
 
     /// Handles SyncGroup.
     pub fn sync(&mut self, req: pb::SyncGroupRequest) -> SyncReply {
-        if let Err(code) = self.check_member(&req.member_id, req.group_instance_id.as_deref(), req.generation_id) {
+        if let Err(code) = self.check_member(
+            &req.member_id,
+            req.group_instance_id.as_deref(),
+            req.generation_id,
+        ) {
             return SyncReply::Now(error_sync(code));
         }
-        if (!req.protocol_type.is_empty() && self.protocol_type.as_deref() != Some(req.protocol_type.as_str()))
-            || (!req.protocol_name.is_empty() && self.protocol.as_deref() != Some(req.protocol_name.as_str()))
+        if (!req.protocol_type.is_empty()
+            && self.protocol_type.as_deref() != Some(req.protocol_type.as_str()))
+            || (!req.protocol_name.is_empty()
+                && self.protocol.as_deref() != Some(req.protocol_name.as_str()))
         {
             return SyncReply::Now(error_sync(code::INCONSISTENT_GROUP_PROTOCOL));
         }
@@ -618,7 +689,11 @@ impl Group {
                 if self.leader.as_deref() != Some(req.member_id.as_str()) {
                     return SyncReply::Wait(rx);
                 }
-                let mut given: HashMap<String, Bytes> = req.assignments.into_iter().map(|a| (a.member_id, a.assignment)).collect();
+                let mut given: HashMap<String, Bytes> = req
+                    .assignments
+                    .into_iter()
+                    .map(|a| (a.member_id, a.assignment))
+                    .collect();
                 for m in self.members.values_mut() {
                     m.assignment = given.remove(&m.id).unwrap_or_default();
                 }
@@ -637,7 +712,11 @@ impl Group {
             error_message: String::new(),
             protocol_type: self.protocol_type.clone().unwrap_or_default(),
             protocol_name: self.protocol.clone().unwrap_or_default(),
-            assignment: self.members.get(member_id).map(|m| m.assignment.clone()).unwrap_or_default(),
+            assignment: self
+                .members
+                .get(member_id)
+                .map(|m| m.assignment.clone())
+                .unwrap_or_default(),
         }
     }
 
@@ -675,7 +754,11 @@ impl Group {
         if self.state == State::Empty {
             return code::UNKNOWN_MEMBER_ID;
         }
-        if let Err(code) = self.check_member(&req.member_id, req.group_instance_id.as_deref(), req.generation_id) {
+        if let Err(code) = self.check_member(
+            &req.member_id,
+            req.group_instance_id.as_deref(),
+            req.generation_id,
+        ) {
             return code;
         }
         if let Some(m) = self.members.get_mut(&req.member_id) {
@@ -709,7 +792,14 @@ impl Group {
                 self.remove(id)
             }) || self.pending.remove(&l.member_id).is_some();
             removed |= ok;
-            out.push(left(l, if ok { code::NONE } else { code::UNKNOWN_MEMBER_ID }));
+            out.push(left(
+                l,
+                if ok {
+                    code::NONE
+                } else {
+                    code::UNKNOWN_MEMBER_ID
+                },
+            ));
         }
         if removed {
             self.after_removal(now, "member left");
@@ -721,7 +811,12 @@ impl Group {
     /// the group protocol (generation < 0, no member) only while the group is
     /// empty; otherwise a current member of the current generation, and not
     /// while the group waits for the leader's assignment.
-    pub fn check_commit(&self, member_id: &str, instance: Option<&str>, generation: i32) -> Result<(), i32> {
+    pub fn check_commit(
+        &self,
+        member_id: &str,
+        instance: Option<&str>,
+        generation: i32,
+    ) -> Result<(), i32> {
         if generation < 0 && member_id.is_empty() && self.state == State::Empty {
             return Ok(());
         }
@@ -810,7 +905,8 @@ impl Group {
         g.state_since_ms = value.state_timestamp_ms;
         for m in value.members {
             if let Some(instance) = &m.group_instance_id {
-                g.static_members.insert(instance.clone(), m.member_id.clone());
+                g.static_members
+                    .insert(instance.clone(), m.member_id.clone());
             }
             g.members.insert(
                 m.member_id.clone(),
@@ -829,7 +925,11 @@ impl Group {
                 },
             );
         }
-        g.state = if g.members.is_empty() { State::Empty } else { State::Stable };
+        g.state = if g.members.is_empty() {
+            State::Empty
+        } else {
+            State::Stable
+        };
         g
     }
 
@@ -1011,11 +1111,17 @@ mod tests {
                 other => panic!("leader should persist: {other:?}"),
             };
         assert_eq!(snapshot.members.len(), 2);
-        assert!(follower_wait.try_recv().is_err(), "nothing before the assignment is stored");
+        assert!(
+            follower_wait.try_recv().is_err(),
+            "nothing before the assignment is stored"
+        );
         g.finish_sync(generation, Ok(()), now + DELAY * 2);
         assert_eq!(g.state, State::Stable);
         assert_eq!(leader_wait.try_recv().unwrap().assignment, Bytes::from("L"));
-        assert_eq!(follower_wait.try_recv().unwrap().assignment, Bytes::from("F"));
+        assert_eq!(
+            follower_wait.try_recv().unwrap().assignment,
+            Bytes::from("F")
+        );
         (g, leader, follower)
     }
 
@@ -1042,12 +1148,18 @@ mod tests {
         );
         assert_eq!(left[0].error_code, 0);
         assert_eq!(g.state, State::PreparingRebalance);
-        assert_eq!(heartbeat(&mut g, &follower, 1, t), code::REBALANCE_IN_PROGRESS);
+        assert_eq!(
+            heartbeat(&mut g, &follower, 1, t),
+            code::REBALANCE_IN_PROGRESS
+        );
         assert_eq!(heartbeat(&mut g, &leader, 1, t), code::UNKNOWN_MEMBER_ID);
         // The follower rejoins: generation 2 with it as the only member and leader.
         let mut rx = waiting(g.join(join_req(&follower, None, &["range"]), &limits(), t));
         let r = rx.try_recv().unwrap();
-        assert_eq!((r.generation_id, r.leader.as_str(), r.members.len()), (2, follower.as_str(), 1));
+        assert_eq!(
+            (r.generation_id, r.leader.as_str(), r.members.len()),
+            (2, follower.as_str(), 1)
+        );
         assert_eq!(heartbeat(&mut g, &follower, 1, t), code::ILLEGAL_GENERATION);
     }
 
@@ -1074,12 +1186,21 @@ mod tests {
         let now = Instant::now();
         let mut empty = Group::new("g", DELAY);
         assert_eq!(empty.check_commit("", None, -1), Ok(()));
-        assert_eq!(empty.check_commit("x", None, 1), Err(code::UNKNOWN_MEMBER_ID));
+        assert_eq!(
+            empty.check_commit("x", None, 1),
+            Err(code::UNKNOWN_MEMBER_ID)
+        );
         let (mut g, leader, _) = stable_pair(now);
         assert_eq!(g.check_commit(&leader, None, 1), Ok(()));
-        assert_eq!(g.check_commit(&leader, None, 0), Err(code::ILLEGAL_GENERATION));
+        assert_eq!(
+            g.check_commit(&leader, None, 0),
+            Err(code::ILLEGAL_GENERATION)
+        );
         assert_eq!(g.check_commit("", None, -1), Err(code::UNKNOWN_MEMBER_ID));
-        assert_eq!(g.check_commit("stranger", None, 1), Err(code::UNKNOWN_MEMBER_ID));
+        assert_eq!(
+            g.check_commit("stranger", None, 1),
+            Err(code::UNKNOWN_MEMBER_ID)
+        );
         // A heartbeat with a stale generation.
         assert_eq!(heartbeat(&mut g, &leader, 7, now), code::ILLEGAL_GENERATION);
         // Keep `empty` used mutably to show joins are independent of it.
@@ -1096,14 +1217,27 @@ mod tests {
         g.tick(now + DELAY * 2);
         let r1 = rx1.try_recv().unwrap();
         let r2 = rx2.try_recv().unwrap();
-        let (leader, other) = if r1.leader == r1.member_id { (r1, r2) } else { (r2, r1) };
-        match sync(&mut g, &leader.member_id, 1, &[(&leader.member_id, "L"), (&other.member_id, "O")]) {
+        let (leader, other) = if r1.leader == r1.member_id {
+            (r1, r2)
+        } else {
+            (r2, r1)
+        };
+        match sync(
+            &mut g,
+            &leader.member_id,
+            1,
+            &[(&leader.member_id, "L"), (&other.member_id, "O")],
+        ) {
             SyncReply::Persist { generation, .. } => g.finish_sync(generation, Ok(()), now),
             other => panic!("{other:?}"),
         }
         let _ = sync(&mut g, &other.member_id, 1, &[]);
         assert_eq!(g.state, State::Stable);
-        let other_instance = if other.member_id.starts_with("i1") { "i1" } else { "i2" };
+        let other_instance = if other.member_id.starts_with("i1") {
+            "i1"
+        } else {
+            "i2"
+        };
         // The non-leader restarts with the same instance id (a fresh client:
         // its subscription bytes differ): same generation, new member id, no
         // rebalance, and its old assignment on sync.
@@ -1138,7 +1272,10 @@ mod tests {
         let mut g = Group::new("g", DELAY);
         let mut short = join_req("", None, &["range"]);
         short.session_timeout_ms = 1;
-        assert_eq!(now_reply(g.join(short, &limits(), now)).error_code, code::INVALID_SESSION_TIMEOUT);
+        assert_eq!(
+            now_reply(g.join(short, &limits(), now)).error_code,
+            code::INVALID_SESSION_TIMEOUT
+        );
         assert_eq!(
             now_reply(g.join(join_req("ghost", None, &["range"]), &limits(), now)).error_code,
             code::UNKNOWN_MEMBER_ID
@@ -1183,11 +1320,19 @@ mod tests {
         let (a, mut rx) = join_new(&mut g, now);
         g.tick(now);
         assert_eq!(rx.try_recv().unwrap().generation_id, 1);
-        let SyncReply::Persist { generation, mut wait, .. } = sync(&mut g, &a, 1, &[(&a, "x")]) else {
+        let SyncReply::Persist {
+            generation,
+            mut wait,
+            ..
+        } = sync(&mut g, &a, 1, &[(&a, "x")])
+        else {
             panic!("leader persists");
         };
         g.finish_sync(generation, Err(code::COORDINATOR_NOT_AVAILABLE), now);
-        assert_eq!(wait.try_recv().unwrap().error_code, code::COORDINATOR_NOT_AVAILABLE);
+        assert_eq!(
+            wait.try_recv().unwrap().error_code,
+            code::COORDINATOR_NOT_AVAILABLE
+        );
         assert_eq!(g.state, State::PreparingRebalance);
     }
 

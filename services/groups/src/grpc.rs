@@ -33,7 +33,10 @@ fn invalid(group_id: &str) -> bool {
 
 #[tonic::async_trait]
 impl GroupsService for GroupsGrpc {
-    async fn find_coordinator(&self, req: Request<pb::FindCoordinatorRequest>) -> Res<pb::FindCoordinatorResponse> {
+    async fn find_coordinator(
+        &self,
+        req: Request<pb::FindCoordinatorRequest>,
+    ) -> Res<pb::FindCoordinatorResponse> {
         let req = req.into_inner();
         let md = self.node.watcher.current();
         let resp = match md.group_coordinator(&req.group_id) {
@@ -88,7 +91,9 @@ impl GroupsService for GroupsGrpc {
         match self.node.shard_for(&req.group_id) {
             // The leader may take up to the rebalance timeout to assign; the
             // caller's deadline bounds the wait, this only stops a leak.
-            Ok(shard) => Ok(Response::new(shard.sync(req, Duration::from_secs(600)).await)),
+            Ok(shard) => Ok(Response::new(
+                shard.sync(req, Duration::from_secs(600)).await,
+            )),
             Err(c) => Ok(Response::new(fail(c))),
         }
     }
@@ -109,7 +114,10 @@ impl GroupsService for GroupsGrpc {
         }))
     }
 
-    async fn leave_group(&self, req: Request<pb::LeaveGroupRequest>) -> Res<pb::LeaveGroupResponse> {
+    async fn leave_group(
+        &self,
+        req: Request<pb::LeaveGroupRequest>,
+    ) -> Res<pb::LeaveGroupResponse> {
         let req = req.into_inner();
         match self.node.shard_for(&req.group_id) {
             Ok(shard) => Ok(Response::new(shard.leave(&req))),
@@ -120,7 +128,10 @@ impl GroupsService for GroupsGrpc {
         }
     }
 
-    async fn offset_commit(&self, req: Request<pb::OffsetCommitRequest>) -> Res<pb::OffsetCommitResponse> {
+    async fn offset_commit(
+        &self,
+        req: Request<pb::OffsetCommitRequest>,
+    ) -> Res<pb::OffsetCommitResponse> {
         let req = req.into_inner();
         let fail = |c: i32| pb::OffsetCommitResponse {
             error_code: c,
@@ -141,13 +152,18 @@ impl GroupsService for GroupsGrpc {
         match self.node.shard_for(&req.group_id) {
             Ok(shard) => {
                 let node = self.node.clone();
-                Ok(Response::new(shard.commit(req, |t, p| node.known_partition(t, p)).await))
+                Ok(Response::new(
+                    shard.commit(req, |t, p| node.known_partition(t, p)).await,
+                ))
             }
             Err(c) => Ok(Response::new(fail(c))),
         }
     }
 
-    async fn offset_fetch(&self, req: Request<pb::OffsetFetchRequest>) -> Res<pb::OffsetFetchResponse> {
+    async fn offset_fetch(
+        &self,
+        req: Request<pb::OffsetFetchRequest>,
+    ) -> Res<pb::OffsetFetchResponse> {
         let req = req.into_inner();
         match self.node.shard_for(&req.group_id) {
             Ok(shard) => {
@@ -155,10 +171,15 @@ impl GroupsService for GroupsGrpc {
                 if req.include_log_end {
                     let ends = self
                         .node
-                        .log_end_offsets(resp.offsets.iter().map(|o| (o.topic.clone(), o.partition)))
+                        .log_end_offsets(
+                            resp.offsets.iter().map(|o| (o.topic.clone(), o.partition)),
+                        )
                         .await;
                     for o in &mut resp.offsets {
-                        o.log_end_offset = ends.get(&(o.topic.clone(), o.partition)).copied().unwrap_or(-1);
+                        o.log_end_offset = ends
+                            .get(&(o.topic.clone(), o.partition))
+                            .copied()
+                            .unwrap_or(-1);
                     }
                 }
                 Ok(Response::new(resp))
@@ -170,7 +191,10 @@ impl GroupsService for GroupsGrpc {
         }
     }
 
-    async fn offset_delete(&self, req: Request<pb::OffsetDeleteRequest>) -> Res<pb::OffsetDeleteResponse> {
+    async fn offset_delete(
+        &self,
+        req: Request<pb::OffsetDeleteRequest>,
+    ) -> Res<pb::OffsetDeleteResponse> {
         let req = req.into_inner();
         match self.node.shard_for(&req.group_id) {
             Ok(shard) => Ok(Response::new(shard.delete_offsets(&req).await)),
@@ -181,7 +205,10 @@ impl GroupsService for GroupsGrpc {
         }
     }
 
-    async fn list_groups(&self, req: Request<pb::ListGroupsRequest>) -> Res<pb::ListGroupsResponse> {
+    async fn list_groups(
+        &self,
+        req: Request<pb::ListGroupsRequest>,
+    ) -> Res<pb::ListGroupsResponse> {
         let req = req.into_inner();
         let mut groups: Vec<pb::ListedGroup> = self
             .node
@@ -192,7 +219,11 @@ impl GroupsService for GroupsGrpc {
         let mut error_code = code::NONE;
         if req.all_nodes {
             let md = self.node.watcher.current();
-            for other in md.groups_nodes.values().filter(|n| n.node_id != self.node.me.node_id) {
+            for other in md
+                .groups_nodes
+                .values()
+                .filter(|n| n.node_id != self.node.me.node_id)
+            {
                 let ask = pb::ListGroupsRequest {
                     states_filter: req.states_filter.clone(),
                     all_nodes: false,
@@ -213,7 +244,10 @@ impl GroupsService for GroupsGrpc {
         Ok(Response::new(pb::ListGroupsResponse { error_code, groups }))
     }
 
-    async fn describe_groups(&self, req: Request<pb::DescribeGroupsRequest>) -> Res<pb::DescribeGroupsResponse> {
+    async fn describe_groups(
+        &self,
+        req: Request<pb::DescribeGroupsRequest>,
+    ) -> Res<pb::DescribeGroupsResponse> {
         let req = req.into_inner();
         let groups = req
             .group_ids
@@ -230,7 +264,35 @@ impl GroupsService for GroupsGrpc {
         Ok(Response::new(pb::DescribeGroupsResponse { groups }))
     }
 
-    async fn delete_groups(&self, req: Request<pb::DeleteGroupsRequest>) -> Res<pb::DeleteGroupsResponse> {
+    async fn consumer_group_heartbeat(
+        &self,
+        req: Request<pb::ConsumerGroupHeartbeatRequest>,
+    ) -> Res<pb::ConsumerGroupHeartbeatResponse> {
+        let req = req.into_inner();
+        let fail = |c: i32| pb::ConsumerGroupHeartbeatResponse {
+            error_code: c,
+            member_id: req.member_id.clone(),
+            member_epoch: -1,
+            ..Default::default()
+        };
+        if invalid(&req.group_id) {
+            return Ok(Response::new(fail(code::INVALID_GROUP_ID)));
+        }
+        match self.node.shard_for(&req.group_id) {
+            Ok(shard) => {
+                let node = self.node.clone();
+                Ok(Response::new(
+                    shard.consumer_heartbeat(&req, &|t| node.partition_count(t)),
+                ))
+            }
+            Err(c) => Ok(Response::new(fail(c))),
+        }
+    }
+
+    async fn delete_groups(
+        &self,
+        req: Request<pb::DeleteGroupsRequest>,
+    ) -> Res<pb::DeleteGroupsResponse> {
         let req = req.into_inner();
         let mut groups = Vec::with_capacity(req.group_ids.len());
         for g in req.group_ids {
@@ -241,7 +303,10 @@ impl GroupsService for GroupsGrpc {
             if error_code == code::NONE {
                 tracing::info!(group = %g, "group deleted");
             }
-            groups.push(pb::DeletedGroup { group_id: g, error_code });
+            groups.push(pb::DeletedGroup {
+                group_id: g,
+                error_code,
+            });
         }
         Ok(Response::new(pb::DeleteGroupsResponse { groups }))
     }

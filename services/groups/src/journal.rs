@@ -36,6 +36,11 @@ pub enum Change {
         /// `None` deletes the group's membership record.
         value: Option<pb::GroupValue>,
     },
+    /// A KIP-848 consumer group's state.
+    ConsumerGroup {
+        group: String,
+        value: Option<pb::ConsumerGroupValue>,
+    },
 }
 
 impl Change {
@@ -57,6 +62,12 @@ impl Change {
             ),
             Change::Group { group, value } => (
                 pb::group_record_key::Key::Group(pb::GroupKey {
+                    group_id: group.clone(),
+                }),
+                value.as_ref().map(|v| Bytes::from(v.encode_to_vec())),
+            ),
+            Change::ConsumerGroup { group, value } => (
+                pb::group_record_key::Key::ConsumerGroup(pb::GroupKey {
                     group_id: group.clone(),
                 }),
                 value.as_ref().map(|v| Bytes::from(v.encode_to_vec())),
@@ -86,6 +97,13 @@ impl Change {
                     None => None,
                 },
             },
+            pb::group_record_key::Key::ConsumerGroup(k) => Change::ConsumerGroup {
+                group: k.group_id,
+                value: match value {
+                    Some(v) => Some(pb::ConsumerGroupValue::decode(v).ok()?),
+                    None => None,
+                },
+            },
         })
     }
 }
@@ -95,6 +113,7 @@ impl Change {
 pub struct Stored {
     pub offsets: HashMap<String, BTreeMap<(String, i32), pb::OffsetValue>>,
     pub groups: HashMap<String, pb::GroupValue>,
+    pub consumer_groups: HashMap<String, pb::ConsumerGroupValue>,
 }
 
 impl Stored {
@@ -106,7 +125,10 @@ impl Stored {
                 partition,
                 value: Some(v),
             } => {
-                self.offsets.entry(group).or_default().insert((topic, partition), v);
+                self.offsets
+                    .entry(group)
+                    .or_default()
+                    .insert((topic, partition), v);
             }
             Change::Offset {
                 group,
@@ -121,11 +143,23 @@ impl Stored {
                     }
                 }
             }
-            Change::Group { group, value: Some(v) } => {
+            Change::Group {
+                group,
+                value: Some(v),
+            } => {
                 self.groups.insert(group, v);
             }
             Change::Group { group, value: None } => {
                 self.groups.remove(&group);
+            }
+            Change::ConsumerGroup {
+                group,
+                value: Some(v),
+            } => {
+                self.consumer_groups.insert(group, v);
+            }
+            Change::ConsumerGroup { group, value: None } => {
+                self.consumer_groups.remove(&group);
             }
         }
     }
@@ -160,12 +194,18 @@ fn unavailable(message: impl Into<String>) -> JournalError {
 }
 
 impl Journal {
-    fn leader(&self, shard: i32) -> Result<StorageServiceClient<tonic::transport::Channel>, JournalError> {
+    fn leader(
+        &self,
+        shard: i32,
+    ) -> Result<StorageServiceClient<tonic::transport::Channel>, JournalError> {
         let md = self.watcher.current();
         let node = md
             .leader_node(OFFSETS_TOPIC, shard)
             .ok_or_else(|| unavailable(format!("{OFFSETS_TOPIC}-{shard} has no live leader")))?;
-        let channel = self.pool.get(&node.address).map_err(|e| unavailable(e.to_string()))?;
+        let channel = self
+            .pool
+            .get(&node.address)
+            .map_err(|e| unavailable(e.to_string()))?;
         Ok(StorageServiceClient::new(channel)
             .max_decoding_message_size(runnel_rpc::MAX_MESSAGE_BYTES)
             .max_encoding_message_size(runnel_rpc::MAX_MESSAGE_BYTES))
@@ -186,10 +226,11 @@ impl Journal {
                 }
             })
             .collect();
-        let batch = runnel_records::build_batch(&records, Compression::None).map_err(|e| JournalError {
-            code: code::UNKNOWN_SERVER_ERROR,
-            message: e.to_string(),
-        })?;
+        let batch =
+            runnel_records::build_batch(&records, Compression::None).map_err(|e| JournalError {
+                code: code::UNKNOWN_SERVER_ERROR,
+                message: e.to_string(),
+            })?;
         let mut client = self.leader(shard)?;
         let mut call = tonic::Request::new(storage::AppendRequest {
             partitions: vec![storage::PartitionBatches {
@@ -201,7 +242,11 @@ impl Journal {
             timeout_ms: self.timeout.as_millis() as u32,
         });
         call.set_timeout(self.timeout);
-        let resp = client.append(call).await.map_err(|s| status_error(&s))?.into_inner();
+        let resp = client
+            .append(call)
+            .await
+            .map_err(|s| status_error(&s))?
+            .into_inner();
         let result = resp
             .results
             .into_iter()
@@ -235,7 +280,11 @@ impl Journal {
                 max_bytes: 8 * 1024 * 1024,
             });
             call.set_timeout(self.timeout);
-            let resp = client.fetch(call).await.map_err(|s| status_error(&s))?.into_inner();
+            let resp = client
+                .fetch(call)
+                .await
+                .map_err(|s| status_error(&s))?
+                .into_inner();
             let r = resp
                 .results
                 .into_iter()
@@ -251,7 +300,10 @@ impl Journal {
                 e => {
                     return Err(JournalError {
                         code: storage_code(e),
-                        message: format!("loading {OFFSETS_TOPIC}-{shard}: {e:?} {}", r.error_message),
+                        message: format!(
+                            "loading {OFFSETS_TOPIC}-{shard}: {e:?} {}",
+                            r.error_message
+                        ),
                     });
                 }
             }
@@ -272,7 +324,9 @@ impl Journal {
                 let Some(key) = rec.key else { continue };
                 match Change::from_record(&key, rec.value.as_deref()) {
                     Some(change) => stored.apply(change),
-                    None => tracing::warn!(shard, offset = rec.offset, "skipping an unreadable record"),
+                    None => {
+                        tracing::warn!(shard, offset = rec.offset, "skipping an unreadable record")
+                    }
                 }
                 records += 1;
             }

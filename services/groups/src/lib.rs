@@ -14,6 +14,7 @@
 //! (`proto/runnel/groups/v1/groups.proto`); native clients call it directly.
 
 pub mod config;
+pub mod consumer_group;
 pub mod consumer_protocol;
 pub mod group;
 pub mod grpc;

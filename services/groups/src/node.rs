@@ -58,11 +58,21 @@ pub struct GroupsNode {
 /// shard's preferred owner, and a node joining or leaving moves only its
 /// share of the shards.
 pub fn preferred_owner(shard: i32, nodes: impl Iterator<Item = i32>) -> Option<i32> {
-    nodes.max_by_key(|n| (runnel_records::murmur2(format!("{shard}/{n}").as_bytes()), *n))
+    nodes.max_by_key(|n| {
+        (
+            runnel_records::murmur2(format!("{shard}/{n}").as_bytes()),
+            *n,
+        )
+    })
 }
 
 impl GroupsNode {
-    pub fn new(config: GroupsConfig, me: GroupsNodeRecord, store: Arc<dyn MetaStore>, watcher: Arc<MetadataWatcher>) -> Self {
+    pub fn new(
+        config: GroupsConfig,
+        me: GroupsNodeRecord,
+        store: Arc<dyn MetaStore>,
+        watcher: Arc<MetadataWatcher>,
+    ) -> Self {
         let keys = Keys::new(&config.cluster);
         let limits = Limits {
             initial_rebalance_delay: Duration::from_millis(config.initial_rebalance_delay_ms),
@@ -125,8 +135,25 @@ impl GroupsNode {
     pub fn peer(
         &self,
         address: &str,
-    ) -> Result<runnel_proto::groups::v1::groups_service_client::GroupsServiceClient<tonic::transport::Channel>, runnel_rpc::RpcError> {
-        Ok(runnel_proto::groups::v1::groups_service_client::GroupsServiceClient::new(self.journal.pool.get(address)?))
+    ) -> Result<
+        runnel_proto::groups::v1::groups_service_client::GroupsServiceClient<
+            tonic::transport::Channel,
+        >,
+        runnel_rpc::RpcError,
+    > {
+        Ok(
+            runnel_proto::groups::v1::groups_service_client::GroupsServiceClient::new(
+                self.journal.pool.get(address)?,
+            ),
+        )
+    }
+
+    /// A topic's partition count, if it exists.
+    pub fn partition_count(&self, topic: &str) -> Option<i32> {
+        self.watcher
+            .current()
+            .topic(topic)
+            .map(|t| t.record.partitions)
     }
 
     /// Whether a topic partition exists (offsets are only taken for those).
@@ -191,13 +218,21 @@ impl GroupsNode {
     }
 
     /// One pass of claiming and handing back shards.
-    async fn balance(self: &Arc<Self>, lease: LeaseId, ttl: Duration, unowned_since: &mut HashMap<i32, Instant>) {
+    async fn balance(
+        self: &Arc<Self>,
+        lease: LeaseId,
+        ttl: Duration,
+        unowned_since: &mut HashMap<i32, Instant>,
+    ) {
         let md = self.watcher.current();
         let Some(count) = md.group_shard_count() else {
             self.ensure_offsets_topic().await;
             return;
         };
-        if md.topic(OFFSETS_TOPIC).is_none_or(|t| (t.partitions.len() as i32) < count) {
+        if md
+            .topic(OFFSETS_TOPIC)
+            .is_none_or(|t| (t.partitions.len() as i32) < count)
+        {
             return;
         }
         let live: Vec<i32> = md.groups_nodes.keys().copied().collect();
@@ -209,7 +244,10 @@ impl GroupsNode {
             match owner {
                 None => {
                     let since = *unowned_since.entry(shard).or_insert(now);
-                    if !mine && (preferred == Some(self.me.node_id) || now.duration_since(since) > 2 * ttl) {
+                    if !mine
+                        && (preferred == Some(self.me.node_id)
+                            || now.duration_since(since) > 2 * ttl)
+                    {
                         self.claim(shard, lease).await;
                     }
                 }
@@ -234,7 +272,11 @@ impl GroupsNode {
     async fn claim(self: &Arc<Self>, shard: i32, lease: LeaseId) {
         let key = self.keys.group_shard(shard);
         let value = Bytes::from(serde_json::to_vec(&self.me).unwrap_or_default());
-        match self.store.compare_and_swap(&key, 0, value, Some(lease)).await {
+        match self
+            .store
+            .compare_and_swap(&key, 0, value, Some(lease))
+            .await
+        {
             Ok(CasOutcome::Swapped(_)) => {}
             Ok(CasOutcome::Conflict(_)) => return,
             Err(e) => {
@@ -265,18 +307,30 @@ impl GroupsNode {
         };
         let (stored, records) = stored;
         let groups = stored.groups.len();
+        let consumer = crate::consumer_group::ConsumerSettings {
+            session_timeout: Duration::from_millis(self.config.consumer_session_timeout_ms),
+            heartbeat_interval_ms: self.config.consumer_heartbeat_interval_ms,
+            max_group_size: self.config.max_group_size,
+        };
         let s = Shard::start(
             shard,
             stored,
             self.journal.clone(),
             self.limits.clone(),
+            consumer,
             self.config.offset_metadata_max_bytes,
         );
         let mut slots = self.slots_mut();
         if matches!(slots.get(&shard), Some(Slot::Loading)) {
             slots.insert(shard, Slot::Active(s));
             metrics::gauge!("runnel_groups_shards_owned").set(slots.len() as f64);
-            tracing::info!(shard, records, groups, elapsed_ms = started.elapsed().as_millis() as u64, "group shard loaded");
+            tracing::info!(
+                shard,
+                records,
+                groups,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "group shard loaded"
+            );
         }
     }
 
@@ -286,7 +340,10 @@ impl GroupsNode {
         }
         tracing::info!(shard, "handing a group shard to its preferred owner");
         if let Ok(Some(kv)) = self.store.get(&self.keys.group_shard(shard)).await {
-            let _ = self.store.compare_and_delete(&kv.key, kv.mod_revision).await;
+            let _ = self
+                .store
+                .compare_and_delete(&kv.key, kv.mod_revision)
+                .await;
         }
     }
 
@@ -294,7 +351,10 @@ impl GroupsNode {
         if let Ok(Some(kv)) = self.store.get(&self.keys.group_shard(shard)).await
             && kv.lease != Some(lease)
         {
-            let _ = self.store.compare_and_delete(&kv.key, kv.mod_revision).await;
+            let _ = self
+                .store
+                .compare_and_delete(&kv.key, kv.mod_revision)
+                .await;
         }
     }
 
@@ -330,7 +390,10 @@ impl GroupsNode {
             validate_only: false,
         };
         match client.create_topic(request).await {
-            Ok(_) => tracing::info!(partitions = self.config.offsets_topic_partitions, "created {OFFSETS_TOPIC}"),
+            Ok(_) => tracing::info!(
+                partitions = self.config.offsets_topic_partitions,
+                "created {OFFSETS_TOPIC}"
+            ),
             Err(s) if s.code() == tonic::Code::AlreadyExists => {}
             Err(s) => tracing::warn!(error = %s.message(), "could not create {OFFSETS_TOPIC} yet"),
         }
@@ -340,7 +403,8 @@ impl GroupsNode {
     pub async fn run_timers(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let retention = Duration::from_secs(self.config.offsets_retention_minutes.saturating_mul(60));
+        let retention =
+            Duration::from_secs(self.config.offsets_retention_minutes.saturating_mul(60));
         let mut last_expiry = Instant::now();
         loop {
             tokio::select! {
@@ -369,11 +433,17 @@ impl GroupsNode {
                 _ = stopped(&mut stop) => return,
                 _ = tick.tick() => {}
             }
-            let committed: Vec<_> = self.active_shards().iter().flat_map(|s| s.committed()).collect();
+            let committed: Vec<_> = self
+                .active_shards()
+                .iter()
+                .flat_map(|s| s.committed())
+                .collect();
             if committed.is_empty() {
                 continue;
             }
-            let ends = self.log_end_offsets(committed.iter().map(|(_, t, p, _)| (t.clone(), *p))).await;
+            let ends = self
+                .log_end_offsets(committed.iter().map(|(_, t, p, _)| (t.clone(), *p)))
+                .await;
             let mut totals: BTreeMap<&str, i64> = BTreeMap::new();
             for (group, topic, partition, offset) in &committed {
                 let Some(end) = ends.get(&(topic.clone(), *partition)) else {
@@ -385,22 +455,29 @@ impl GroupsNode {
                     .set(lag as f64);
             }
             for (group, lag) in totals {
-                metrics::gauge!("runnel_group_lag_sum", "group" => group.to_string()).set(lag as f64);
+                metrics::gauge!("runnel_group_lag_sum", "group" => group.to_string())
+                    .set(lag as f64);
             }
         }
     }
 
     /// Log end offsets of the partitions, asking each leader once.
-    pub async fn log_end_offsets(&self, partitions: impl Iterator<Item = (String, i32)>) -> HashMap<(String, i32), i64> {
+    pub async fn log_end_offsets(
+        &self,
+        partitions: impl Iterator<Item = (String, i32)>,
+    ) -> HashMap<(String, i32), i64> {
         let md = self.watcher.current();
         let mut by_leader: BTreeMap<String, Vec<storage::OffsetQuery>> = BTreeMap::new();
         for (topic, partition) in partitions {
             if let Some(node) = md.leader_node(&topic, partition) {
-                by_leader.entry(node.address.clone()).or_default().push(storage::OffsetQuery {
-                    topic,
-                    partition,
-                    timestamp: -1,
-                });
+                by_leader
+                    .entry(node.address.clone())
+                    .or_default()
+                    .push(storage::OffsetQuery {
+                        topic,
+                        partition,
+                        timestamp: -1,
+                    });
             }
         }
         let mut out = HashMap::new();
@@ -418,7 +495,9 @@ impl GroupsNode {
                         }
                     }
                 }
-                Err(s) => tracing::debug!(%address, error = %s.message(), "log end offsets unavailable"),
+                Err(s) => {
+                    tracing::debug!(%address, error = %s.message(), "log end offsets unavailable")
+                }
             }
         }
         out
@@ -431,9 +510,14 @@ mod tests {
 
     #[test]
     fn preferred_owners_spread_and_move_little() {
-        let two: Vec<i32> = (0..50).filter_map(|s| preferred_owner(s, [1, 2].into_iter())).collect();
+        let two: Vec<i32> = (0..50)
+            .filter_map(|s| preferred_owner(s, [1, 2].into_iter()))
+            .collect();
         let ones = two.iter().filter(|n| **n == 1).count();
-        assert!((10..=40).contains(&ones), "shards unevenly spread: {ones} of 50 on node 1");
+        assert!(
+            (10..=40).contains(&ones),
+            "shards unevenly spread: {ones} of 50 on node 1"
+        );
         // A third node takes shards only from the others, never swaps them.
         for s in 0..50 {
             let after = preferred_owner(s, [1, 2, 3].into_iter());

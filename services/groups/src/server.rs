@@ -53,7 +53,9 @@ pub async fn serve(
     let lag = tokio::spawn(node.clone().run_lag(stop_rx));
 
     let (health, health_svc, reflection) = runnel_rpc::health_and_reflection()?;
-    health.set_serving::<GroupsServiceServer<GroupsGrpc>>().await;
+    health
+        .set_serving::<GroupsServiceServer<GroupsGrpc>>()
+        .await;
     let router = runnel_rpc::server()
         .add_service(health_svc)
         .add_service(reflection)

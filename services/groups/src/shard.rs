@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use runnel_proto::groups::v1 as pb;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::consumer_group::{ConsumerGroup, ConsumerSettings};
 use crate::group::{Group, Limits, Reply, State, SyncReply, code};
 use crate::journal::{Change, Journal, JournalError, Stored};
 
@@ -23,7 +24,10 @@ pub type Offsets = BTreeMap<(String, i32), pb::OffsetValue>;
 /// What a shard holds in memory.
 #[derive(Debug, Default)]
 pub struct ShardState {
+    /// Classic-protocol groups (and groups that only have offsets).
     pub groups: HashMap<String, Group>,
+    /// KIP-848 consumer groups.
+    pub consumer_groups: HashMap<String, ConsumerGroup>,
     pub offsets: HashMap<String, Offsets>,
 }
 
@@ -38,6 +42,7 @@ pub struct Shard {
     state: Arc<Mutex<ShardState>>,
     writer: mpsc::UnboundedSender<WriteItem>,
     limits: Limits,
+    consumer: ConsumerSettings,
     offset_metadata_max_bytes: usize,
 }
 
@@ -53,26 +58,41 @@ const JOIN_SLACK: Duration = Duration::from_secs(5);
 impl Shard {
     /// A shard serving what `stored` holds; its writer runs until the shard
     /// is dropped.
-    pub fn start(id: i32, stored: Stored, journal: Journal, limits: Limits, offset_metadata_max_bytes: usize) -> Arc<Shard> {
+    pub fn start(
+        id: i32,
+        stored: Stored,
+        journal: Journal,
+        limits: Limits,
+        consumer: ConsumerSettings,
+        offset_metadata_max_bytes: usize,
+    ) -> Arc<Shard> {
         let now = Instant::now();
         let mut state = ShardState {
             offsets: stored.offsets,
             ..Default::default()
         };
-        for (group, value) in stored.groups {
+        for (group, value) in stored.consumer_groups {
             state
-                .groups
-                .insert(group.clone(), Group::restore(&group, value, limits.initial_rebalance_delay, now));
+                .consumer_groups
+                .insert(group.clone(), ConsumerGroup::restore(&group, value, now));
+        }
+        for (group, value) in stored.groups {
+            state.groups.insert(
+                group.clone(),
+                Group::restore(&group, value, limits.initial_rebalance_delay, now),
+            );
         }
         // Groups that only have offsets exist too, as empty groups.
         let only_offsets: Vec<String> = state
             .offsets
             .keys()
-            .filter(|g| !state.groups.contains_key(*g))
+            .filter(|g| !state.groups.contains_key(*g) && !state.consumer_groups.contains_key(*g))
             .cloned()
             .collect();
         for g in only_offsets {
-            state.groups.insert(g.clone(), Group::new(&g, limits.initial_rebalance_delay));
+            state
+                .groups
+                .insert(g.clone(), Group::new(&g, limits.initial_rebalance_delay));
         }
         let state = Arc::new(Mutex::new(state));
         let (tx, rx) = mpsc::unbounded_channel();
@@ -82,6 +102,7 @@ impl Shard {
             state,
             writer: tx,
             limits,
+            consumer,
             offset_metadata_max_bytes,
         })
     }
@@ -115,6 +136,15 @@ impl Shard {
                 });
             }
         }
+        for g in state.consumer_groups.values_mut() {
+            if g.dirty {
+                g.dirty = false;
+                changes.push(Change::ConsumerGroup {
+                    group: g.id.clone(),
+                    value: Some(g.snapshot()),
+                });
+            }
+        }
         if !changes.is_empty() {
             let rx = self.write(changes);
             let shard = self.id;
@@ -131,6 +161,14 @@ impl Shard {
         let member_id = req.member_id.clone();
         let reply = {
             let mut state = self.lock();
+            if let Some(cg) = state.consumer_groups.get(&req.group_id) {
+                if !cg.members.is_empty() {
+                    return join_error(&member_id, code::INCONSISTENT_GROUP_PROTOCOL);
+                }
+                // An empty KIP-848 group may be taken over by the classic
+                // protocol (its offsets stay).
+                state.consumer_groups.remove(&req.group_id);
+            }
             if !state.groups.contains_key(&req.group_id) && !req.member_id.is_empty() {
                 return join_error(&member_id, code::UNKNOWN_MEMBER_ID);
             }
@@ -144,15 +182,21 @@ impl Shard {
         };
         match reply {
             Reply::Now(r) => r,
-            Reply::Wait(rx) => match tokio::time::timeout(Duration::from_millis(wait) + JOIN_SLACK, rx).await {
-                Ok(Ok(r)) => r,
-                Ok(Err(_)) => join_error(&member_id, code::NOT_COORDINATOR),
-                Err(_) => join_error(&member_id, code::REBALANCE_IN_PROGRESS),
-            },
+            Reply::Wait(rx) => {
+                match tokio::time::timeout(Duration::from_millis(wait) + JOIN_SLACK, rx).await {
+                    Ok(Ok(r)) => r,
+                    Ok(Err(_)) => join_error(&member_id, code::NOT_COORDINATOR),
+                    Err(_) => join_error(&member_id, code::REBALANCE_IN_PROGRESS),
+                }
+            }
         }
     }
 
-    pub async fn sync(&self, req: pb::SyncGroupRequest, timeout: Duration) -> pb::SyncGroupResponse {
+    pub async fn sync(
+        &self,
+        req: pb::SyncGroupRequest,
+        timeout: Duration,
+    ) -> pb::SyncGroupResponse {
         let group_id = req.group_id.clone();
         let reply = {
             let mut state = self.lock();
@@ -198,6 +242,47 @@ impl Shard {
         }
     }
 
+    /// Handles a KIP-848 ConsumerGroupHeartbeat.
+    pub fn consumer_heartbeat(
+        &self,
+        req: &pb::ConsumerGroupHeartbeatRequest,
+        partition_counts: &dyn Fn(&str) -> Option<i32>,
+    ) -> pb::ConsumerGroupHeartbeatResponse {
+        let fail = |c: i32, m: &str| pb::ConsumerGroupHeartbeatResponse {
+            error_code: c,
+            error_message: m.into(),
+            member_id: req.member_id.clone(),
+            member_epoch: -1,
+            ..Default::default()
+        };
+        let mut state = self.lock();
+        if let Some(g) = state.groups.get(&req.group_id) {
+            if g.state != State::Empty {
+                return fail(
+                    code::INCONSISTENT_GROUP_PROTOCOL,
+                    "the group uses the classic protocol",
+                );
+            }
+            // An empty classic group (perhaps only offsets) moves to the new
+            // protocol; its offsets stay.
+            state.groups.remove(&req.group_id);
+        }
+        if !state.consumer_groups.contains_key(&req.group_id) {
+            if req.member_epoch != 0 {
+                return fail(code::UNKNOWN_MEMBER_ID, "unknown group");
+            }
+            state
+                .consumer_groups
+                .insert(req.group_id.clone(), ConsumerGroup::new(&req.group_id));
+        }
+        let Some(group) = state.consumer_groups.get_mut(&req.group_id) else {
+            return fail(code::UNKNOWN_MEMBER_ID, "unknown group");
+        };
+        let resp = group.heartbeat(req, &self.consumer, partition_counts, Instant::now());
+        self.persist_dirty(&mut state);
+        resp
+    }
+
     pub fn heartbeat(&self, req: &pb::HeartbeatRequest) -> i32 {
         let mut state = self.lock();
         let Some(group) = state.groups.get_mut(&req.group_id) else {
@@ -228,7 +313,11 @@ impl Shard {
 
     /// Handles OffsetCommit: checks the member, then stores the offsets.
     /// `known_partition` says whether a topic-partition exists.
-    pub async fn commit(&self, req: pb::OffsetCommitRequest, known_partition: impl Fn(&str, i32) -> bool) -> pb::OffsetCommitResponse {
+    pub async fn commit(
+        &self,
+        req: pb::OffsetCommitRequest,
+        known_partition: impl Fn(&str, i32) -> bool,
+    ) -> pb::OffsetCommitResponse {
         let result = |o: &pb::PartitionOffset, code: i32| pb::PartitionResult {
             topic: o.topic.clone(),
             partition: o.partition,
@@ -242,24 +331,41 @@ impl Shard {
         let now_ms = runnel_cluster::now_ms();
         let (stored, mut partitions) = {
             let mut state = self.lock();
-            match state.groups.get(&req.group_id) {
-                Some(g) => {
-                    if let Err(code) = g.check_commit(&req.member_id, req.group_instance_id.as_deref(), req.generation_id) {
-                        return all(code, "");
+            if let Some(cg) = state.consumer_groups.get(&req.group_id) {
+                if let Err(code) = cg.check_commit(&req.member_id, req.generation_id) {
+                    return all(code, "");
+                }
+            } else {
+                match state.groups.get(&req.group_id) {
+                    Some(g) => {
+                        if let Err(code) = g.check_commit(
+                            &req.member_id,
+                            req.group_instance_id.as_deref(),
+                            req.generation_id,
+                        ) {
+                            return all(code, "");
+                        }
                     }
+                    None if req.generation_id < 0 && req.member_id.is_empty() => {
+                        state.groups.insert(
+                            req.group_id.clone(),
+                            Group::new(&req.group_id, self.limits.initial_rebalance_delay),
+                        );
+                    }
+                    None if req.generation_id < 0 => {
+                        return all(code::UNKNOWN_MEMBER_ID, "unknown group");
+                    }
+                    None => return all(code::ILLEGAL_GENERATION, "unknown group"),
                 }
-                None if req.generation_id < 0 && req.member_id.is_empty() => {
-                    state
-                        .groups
-                        .insert(req.group_id.clone(), Group::new(&req.group_id, self.limits.initial_rebalance_delay));
-                }
-                None if req.generation_id < 0 => return all(code::UNKNOWN_MEMBER_ID, "unknown group"),
-                None => return all(code::ILLEGAL_GENERATION, "unknown group"),
             }
             let mut changes = Vec::new();
             let mut partitions = Vec::with_capacity(req.offsets.len());
             for o in &req.offsets {
-                let code = if o.metadata.as_ref().is_some_and(|m| m.len() > self.offset_metadata_max_bytes) {
+                let code = if o
+                    .metadata
+                    .as_ref()
+                    .is_some_and(|m| m.len() > self.offset_metadata_max_bytes)
+                {
                     code::OFFSET_METADATA_TOO_LARGE
                 } else if !known_partition(&o.topic, o.partition) {
                     code::UNKNOWN_TOPIC_OR_PARTITION
@@ -302,7 +408,8 @@ impl Shard {
                 p.error_code = e.code;
             }
         } else {
-            metrics::counter!("runnel_groups_offset_commits_total").increment(partitions.len() as u64);
+            metrics::counter!("runnel_groups_offset_commits_total")
+                .increment(partitions.len() as u64);
         }
         pb::OffsetCommitResponse {
             error_code: code::NONE,
@@ -315,18 +422,22 @@ impl Shard {
         let state = self.lock();
         let empty = Offsets::new();
         let offsets = state.offsets.get(&req.group_id).unwrap_or(&empty);
-        let found = |topic: &str, partition: i32, v: Option<&pb::OffsetValue>| pb::CommittedOffset {
-            topic: topic.into(),
-            partition,
-            offset: v.map_or(-1, |v| v.offset),
-            leader_epoch: v.map_or(-1, |v| v.leader_epoch),
-            metadata: v.map(|v| v.metadata.clone()).unwrap_or_default(),
-            commit_timestamp_ms: v.map_or(-1, |v| v.commit_timestamp_ms),
-            error_code: code::NONE,
-            log_end_offset: -1,
-        };
+        let found =
+            |topic: &str, partition: i32, v: Option<&pb::OffsetValue>| pb::CommittedOffset {
+                topic: topic.into(),
+                partition,
+                offset: v.map_or(-1, |v| v.offset),
+                leader_epoch: v.map_or(-1, |v| v.leader_epoch),
+                metadata: v.map(|v| v.metadata.clone()).unwrap_or_default(),
+                commit_timestamp_ms: v.map_or(-1, |v| v.commit_timestamp_ms),
+                error_code: code::NONE,
+                log_end_offset: -1,
+            };
         let list = if req.all_topics || req.topics.is_empty() {
-            offsets.iter().map(|((t, p), v)| found(t, *p, Some(v))).collect()
+            offsets
+                .iter()
+                .map(|((t, p), v)| found(t, *p, Some(v)))
+                .collect()
         } else {
             req.topics
                 .iter()
@@ -347,20 +458,29 @@ impl Shard {
 
     pub fn list(&self, states: &[String]) -> Vec<pb::ListedGroup> {
         let state = self.lock();
-        state
-            .groups
-            .values()
-            .filter(|g| states.is_empty() || states.iter().any(|s| s.eq_ignore_ascii_case(g.state.name())))
-            .map(|g| pb::ListedGroup {
-                group_id: g.id.clone(),
-                protocol_type: g.protocol_type.clone().unwrap_or_default(),
-                state: g.state.name().into(),
-            })
+        let wanted =
+            |s: &str| states.is_empty() || states.iter().any(|w| w.eq_ignore_ascii_case(s));
+        let classic = state.groups.values().map(|g| pb::ListedGroup {
+            group_id: g.id.clone(),
+            protocol_type: g.protocol_type.clone().unwrap_or_default(),
+            state: g.state.name().into(),
+        });
+        let consumer = state.consumer_groups.values().map(|g| pb::ListedGroup {
+            group_id: g.id.clone(),
+            protocol_type: "consumer".into(),
+            state: g.state().into(),
+        });
+        classic
+            .chain(consumer)
+            .filter(|g| wanted(&g.state))
             .collect()
     }
 
     pub fn describe(&self, group_id: &str) -> pb::DescribedGroup {
         let state = self.lock();
+        if let Some(cg) = state.consumer_groups.get(group_id) {
+            return cg.describe();
+        }
         match state.groups.get(group_id) {
             Some(g) => g.describe(),
             None => pb::DescribedGroup {
@@ -376,10 +496,15 @@ impl Shard {
     pub async fn delete(&self, group_id: &str) -> i32 {
         let stored = {
             let state = self.lock();
-            let Some(g) = state.groups.get(group_id) else {
-                return code::GROUP_ID_NOT_FOUND;
+            let empty = match (
+                state.groups.get(group_id),
+                state.consumer_groups.get(group_id),
+            ) {
+                (Some(g), _) => g.state == State::Empty,
+                (None, Some(cg)) => cg.members.is_empty(),
+                (None, None) => return code::GROUP_ID_NOT_FOUND,
             };
-            if g.state != State::Empty {
+            if !empty {
                 return code::NON_EMPTY_GROUP;
             }
             let mut changes: Vec<Change> = state
@@ -398,6 +523,12 @@ impl Shard {
                 group: group_id.into(),
                 value: None,
             });
+            if state.consumer_groups.contains_key(group_id) {
+                changes.push(Change::ConsumerGroup {
+                    group: group_id.into(),
+                    value: None,
+                });
+            }
             self.write(changes)
         };
         match stored.await {
@@ -413,14 +544,20 @@ impl Shard {
         let mut partitions = Vec::new();
         let stored = {
             let state = self.lock();
-            let Some(g) = state.groups.get(&req.group_id) else {
-                return pb::OffsetDeleteResponse {
-                    error_code: code::GROUP_ID_NOT_FOUND,
-                    error_message: String::new(),
-                    partitions,
-                };
+            let subscribed = match (
+                state.groups.get(&req.group_id),
+                state.consumer_groups.get(&req.group_id),
+            ) {
+                (Some(g), _) => crate::consumer_protocol::subscribed_topics(g),
+                (None, Some(cg)) => cg.subscribed_topics(),
+                (None, None) => {
+                    return pb::OffsetDeleteResponse {
+                        error_code: code::GROUP_ID_NOT_FOUND,
+                        error_message: String::new(),
+                        partitions,
+                    };
+                }
             };
-            let subscribed = crate::consumer_protocol::subscribed_topics(g);
             let mut changes = Vec::new();
             for t in &req.topics {
                 let code = if subscribed.contains(&t.topic) {
@@ -473,7 +610,29 @@ impl Shard {
         for g in state.groups.values_mut() {
             g.tick(now);
         }
+        for g in state.consumer_groups.values_mut() {
+            g.tick(&self.consumer, now);
+        }
         if let Some(retention) = retention {
+            let cutoff = runnel_cluster::now_ms() - retention.as_millis() as i64;
+            let idle: Vec<String> = state
+                .consumer_groups
+                .values()
+                .filter(|g| g.members.is_empty() && g.state_since_ms < cutoff)
+                .map(|g| g.id.clone())
+                .collect();
+            for id in idle {
+                // Its offsets expire below like an empty classic group's.
+                state.consumer_groups.remove(&id);
+                drop(self.write(vec![Change::ConsumerGroup {
+                    group: id.clone(),
+                    value: None,
+                }]));
+                state
+                    .groups
+                    .entry(id.clone())
+                    .or_insert_with(|| Group::new(&id, self.limits.initial_rebalance_delay));
+            }
             let cutoff = runnel_cluster::now_ms() - retention.as_millis() as i64;
             let expired: Vec<String> = state
                 .groups
@@ -528,7 +687,10 @@ impl Shard {
         state
             .offsets
             .iter()
-            .flat_map(|(g, o)| o.iter().map(move |((t, p), v)| (g.clone(), t.clone(), *p, v.offset)))
+            .flat_map(|(g, o)| {
+                o.iter()
+                    .map(move |((t, p), v)| (g.clone(), t.clone(), *p, v.offset))
+            })
             .collect()
     }
 }
@@ -541,7 +703,10 @@ async fn write_loop(
 ) {
     let mut batch = Vec::new();
     while rx.recv_many(&mut batch, 1024).await > 0 {
-        let changes: Vec<Change> = batch.iter().flat_map(|w| w.changes.iter().cloned()).collect();
+        let changes: Vec<Change> = batch
+            .iter()
+            .flat_map(|w| w.changes.iter().cloned())
+            .collect();
         let result = journal.append(shard, &changes).await;
         if result.is_ok() {
             let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
@@ -565,7 +730,11 @@ fn apply(state: &mut ShardState, change: Change) {
             partition,
             value: Some(v),
         } => {
-            state.offsets.entry(group).or_default().insert((topic, partition), v);
+            state
+                .offsets
+                .entry(group)
+                .or_default()
+                .insert((topic, partition), v);
         }
         Change::Offset {
             group,
@@ -581,12 +750,26 @@ fn apply(state: &mut ShardState, change: Change) {
             }
         }
         Change::Group { group, value: None } => {
-            if state.groups.get(&group).is_some_and(|g| g.state == State::Empty) {
+            if state
+                .groups
+                .get(&group)
+                .is_some_and(|g| g.state == State::Empty)
+            {
                 state.groups.remove(&group);
             }
             state.offsets.remove(&group);
         }
         Change::Group { value: Some(_), .. } => {}
+        Change::ConsumerGroup { group, value: None } => {
+            if state
+                .consumer_groups
+                .get(&group)
+                .is_some_and(|g| g.members.is_empty())
+            {
+                state.consumer_groups.remove(&group);
+            }
+        }
+        Change::ConsumerGroup { value: Some(_), .. } => {}
     }
 }
 

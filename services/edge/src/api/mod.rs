@@ -5,11 +5,13 @@
 mod admin;
 mod configs;
 mod fetch;
+mod groups;
 mod log_dirs;
 mod metadata;
 mod offsets;
+mod offsets_commit;
 mod partitions;
-mod produce;
+pub mod produce;
 mod producer_id;
 mod versions;
 
@@ -113,6 +115,43 @@ pub async fn dispatch(
             version,
             cid,
             &log_dirs::describe_log_dirs(ctx, r, version).await,
+        ),
+        Request::FindCoordinator(r) => encode(
+            api,
+            version,
+            cid,
+            &groups::find_coordinator(ctx, r, version),
+        ),
+        Request::JoinGroup(r) => encode(api, version, cid, &groups::join(ctx, r, version).await),
+        Request::SyncGroup(r) => encode(api, version, cid, &groups::sync(ctx, r, version).await),
+        Request::Heartbeat(r) => {
+            encode(api, version, cid, &groups::heartbeat(ctx, r, version).await)
+        }
+        Request::LeaveGroup(r) => encode(api, version, cid, &groups::leave(ctx, r, version).await),
+        Request::OffsetCommit(r) => encode(
+            api,
+            version,
+            cid,
+            &offsets_commit::commit(ctx, r, version).await,
+        ),
+        Request::OffsetFetch(r) => encode(
+            api,
+            version,
+            cid,
+            &offsets_commit::fetch(ctx, r, version).await,
+        ),
+        Request::ListGroups(r) => encode(api, version, cid, &groups::list(ctx, r, version).await),
+        Request::DescribeGroups(r) => {
+            encode(api, version, cid, &groups::describe(ctx, r, version).await)
+        }
+        Request::DeleteGroups(r) => {
+            encode(api, version, cid, &groups::delete(ctx, r, version).await)
+        }
+        Request::OffsetDelete(r) => encode(
+            api,
+            version,
+            cid,
+            &offsets_commit::delete(ctx, r, version).await,
         ),
     }
 }
