@@ -34,6 +34,9 @@ pub struct DevConfig {
     /// How long a new consumer group waits for more members before its
     /// first generation (Kafka's `group.initial.rebalance.delay.ms`).
     pub initial_rebalance_delay_ms: u64,
+    /// How often members of KIP-848 consumer groups heartbeat
+    /// (`group.consumer.heartbeat.interval.ms`).
+    pub consumer_heartbeat_interval_ms: i32,
     /// The Kafka listener (the edge).
     pub kafka_port: u16,
     /// Prometheus `/metrics` for the whole process; empty to disable.
@@ -57,6 +60,7 @@ impl Default for DevConfig {
             ingest_port: 7600,
             groups_port: 7700,
             initial_rebalance_delay_ms: 3_000,
+            consumer_heartbeat_interval_ms: 5_000,
             kafka_port: 9092,
             metrics_listen: "127.0.0.1:9644".into(),
             metastore: None,
@@ -173,6 +177,7 @@ impl DevCluster {
             coordinator_address: Some(coordinator.clone()),
             lease_ttl_secs: config.lease_ttl_secs,
             initial_rebalance_delay_ms: config.initial_rebalance_delay_ms,
+            consumer_heartbeat_interval_ms: config.consumer_heartbeat_interval_ms,
             lag_interval_secs: 10,
             ..Default::default()
         };
@@ -215,8 +220,9 @@ impl DevCluster {
     /// the first consumer group succeed.
     async fn wait_ready(&self) -> anyhow::Result<()> {
         let admin = runnel_client::Admin::connect(&self.coordinator)?;
-        let shards_prefix = runnel_cluster::Keys::new(&runnel_groups::GroupsConfig::default().cluster)
-            .group_shards_prefix();
+        let shards_prefix =
+            runnel_cluster::Keys::new(&runnel_groups::GroupsConfig::default().cluster)
+                .group_shards_prefix();
         let shards = runnel_groups::GroupsConfig::default().offsets_topic_partitions as usize;
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
         loop {

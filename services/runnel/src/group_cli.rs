@@ -233,7 +233,9 @@ async fn reset(args: ResetArgs) -> anyhow::Result<()> {
                 o => o,
             }
         } else {
-            anyhow::bail!("choose a target: --to-earliest, --to-latest, --to-datetime, --to-offset or --shift-by");
+            anyhow::bail!(
+                "choose a target: --to-earliest, --to-latest, --to-datetime, --to-offset or --shift-by"
+            );
         };
         // Kafka clamps to what the log holds.
         plan.push((topic, partition, current, wanted.clamp(earliest, latest)));

@@ -108,6 +108,10 @@ struct DevArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     initial_rebalance_delay_ms: Option<u64>,
+    /// How often KIP-848 consumer-group members heartbeat (ms).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    consumer_heartbeat_interval_ms: Option<i32>,
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     metrics_listen: Option<String>,
@@ -692,7 +696,6 @@ async fn produce(args: ProduceArgs) -> anyhow::Result<()> {
     eprintln!("produced {count} records to {}", args.topic);
     Ok(())
 }
-
 
 async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
     let mut consumer = Consumer::new(ConsumerConfig::new(&args.endpoints.coordinator))?;
