@@ -65,3 +65,23 @@ def new_topic(admin):
                 f.result(timeout=30)
             except Exception:  # already deleted by the test
                 pass
+
+
+@pytest.fixture
+def new_group(admin):
+    """Makes unique consumer-group ids; deletes the groups after the test
+    (best effort: a group that still has members stays)."""
+    made = []
+
+    def make(prefix="g"):
+        name = unique(prefix)
+        made.append(name)
+        return name
+
+    yield make
+    if made:
+        for f in admin.delete_consumer_groups(made, request_timeout=10).values():
+            try:
+                f.result(timeout=30)
+            except Exception:  # never used, deleted by the test, or not empty
+                pass

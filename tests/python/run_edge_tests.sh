@@ -5,8 +5,13 @@
 # throw-away data, runs the tests against it, and stops it:
 #   RUNNEL_TOPOLOGY=dev (default)  `runnel dev`, every role in one process;
 #   RUNNEL_TOPOLOGY=processes      real etcd, a coordinator, two storage
-#                                  nodes, ingest and two edges, each its own
-#                                  process; clients bootstrap from both edges.
+#                                  nodes, ingest, two groups nodes (the group
+#                                  shards split between them) and two edges,
+#                                  each its own process; clients bootstrap
+#                                  from both edges. RUNNEL_GROUPS_RESTART_CMD
+#                                  is exported for the tests: a command that
+#                                  kills the groups processes (SIGKILL) and
+#                                  starts them again.
 # With RUNNEL_KAFKA_BOOTSTRAP=host:port set it runs them against that edge.
 # Extra arguments go to pytest (e.g. -k confluent -x).
 set -euo pipefail
@@ -44,12 +49,29 @@ if [ -z "${RUNNEL_KAFKA_BOOTSTRAP:-}" ]; then
     if [ ! -x "$runnel" ]; then (cd "$root" && cargo build -q -p runnel); fi
     work=$(mktemp -d)
     pids=()
-    trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done; wait 2>/dev/null || true; rm -rf "$work"' EXIT
+    # Processes that groups.sh started (or restarted) are not children of
+    # this shell; their pids are in $work/*.pid.
+    cleanup() {
+        local p alive more=()
+        for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+        for p in $(cat "$work"/*.pid 2>/dev/null); do kill "$p" 2>/dev/null && more+=("$p"); done
+        wait 2>/dev/null || true
+        for _ in $(seq 1 100); do
+            alive=0
+            for p in "${more[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
+            [ "$alive" = 0 ] && break
+            sleep 0.1
+        done
+        rm -rf "$work"
+    }
+    trap cleanup EXIT
     case "${RUNNEL_TOPOLOGY:-dev}" in
     dev)
         # What a user runs first: `runnel dev`, on free ports.
-        "$runnel" dev --data-dir "$work/data" --coordinator-port 0 --storage-port 0 \
-            --ingest-port 0 --kafka-port 0 --metrics-listen "" >"$work/dev.out" 2>"$work/dev.log" &
+        dev_ports=(--coordinator-port 0 --storage-port 0 --ingest-port 0 --kafka-port 0)
+        if "$runnel" dev --help | grep -q -- --groups-port; then dev_ports+=(--groups-port 0); fi
+        "$runnel" dev --data-dir "$work/data" "${dev_ports[@]}" --metrics-listen "" \
+            >"$work/dev.out" 2>"$work/dev.log" &
         pids+=($!)
         wait_for grep -q 'Kafka (edge)' "$work/dev.out"
         RUNNEL_KAFKA_BOOTSTRAP=$(awk '/Kafka \(edge\)/ {print $3}' "$work/dev.out" | head -1)
@@ -77,6 +99,46 @@ if [ -z "${RUNNEL_KAFKA_BOOTSTRAP:-}" ]; then
         done
         "$runnel" ingest --listen "127.0.0.1:$ip" "${common[@]}" >"$work/ingest.log" 2>&1 &
         pids+=($!)
+        # Two groups nodes share the group shards. groups.sh starts them
+        # detached (pids in groups-N.pid) and waits until they listen;
+        # `groups.sh restart` first kills them with SIGKILL, as a crash would.
+        gports=("$(free_port)" "$(free_port)")
+        {
+            echo '#!/usr/bin/env bash'
+            echo 'set -u'
+            echo "cd $(printf '%q' "$work")"
+            echo "runnel=$(printf '%q' "$runnel")"
+            echo "common=($(printf '%q ' "${common[@]}"))"
+            echo "cp=$cp"
+            echo "gports=(${gports[*]})"
+            cat <<'SCRIPT'
+if [ "${1:-}" = restart ]; then
+    for n in 1 2; do
+        pid=$(cat "groups-$n.pid")
+        kill -9 "$pid" 2>/dev/null
+        for _ in $(seq 1 100); do
+            ps -o stat= -p "$pid" 2>/dev/null | grep -qv Z || break
+            sleep 0.1
+        done
+        echo "== killed (SIGKILL) at $(date +%T.%N)" >>"groups-$n.log"
+    done
+fi
+for n in 1 2; do
+    "$runnel" groups --node-id "$n" --listen "127.0.0.1:${gports[$((n - 1))]}" --lease-ttl-secs 3 \
+        "${common[@]}" --coordinator-address "127.0.0.1:$cp" </dev/null >>"groups-$n.log" 2>&1 &
+    echo $! >"groups-$n.pid"
+done
+for port in "${gports[@]}"; do
+    for i in $(seq 1 300); do
+        if (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then break; fi
+        if [ "$i" = 300 ]; then echo "groups on port $port is not listening after 30 s" >&2; exit 1; fi
+        sleep 0.1
+    done
+done
+SCRIPT
+        } >"$work/groups.sh"
+        bash "$work/groups.sh" || { tail -20 "$work"/groups-*.log >&2; exit 1; }
+        export RUNNEL_GROUPS_RESTART_CMD="bash $work/groups.sh restart"
         edges=()
         for n in 1 2; do
             kp=$(free_port)

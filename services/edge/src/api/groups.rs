@@ -365,15 +365,31 @@ fn coordinator_for(md: &ClusterMetadata, key: &str, key_type: i8) -> Result<(), 
     }
 }
 
-/// The FindCoordinator answer for each key: this edge, or Kafka's "no node"
-/// (-1, "", -1) with the error. v4+ answers per key; v0-3 in the top level.
+/// The edge that answers for a group shard: every edge can forward any
+/// group call, but each shard is named to clients as one edge's (rendezvous
+/// hashing over the live edges), so a client that asks every broker for its
+/// groups (ListGroups) sees each group once, as with Kafka.
+pub(super) fn coordinator_edge(
+    brokers: &BTreeMap<i32, EdgeRecord>,
+    shard: i32,
+) -> Option<&EdgeRecord> {
+    brokers.values().max_by_key(|e| {
+        (
+            runnel_records::murmur2(format!("{shard}/{}", e.node_id).as_bytes()),
+            e.node_id,
+        )
+    })
+}
+
+/// The FindCoordinator answer for each key: the edge that answers for it,
+/// or Kafka's "no node" (-1, "", -1) with the error. v4+ answers per key;
+/// v0-3 in the top level.
 fn find_coordinator_response(
     version: i16,
-    results: Vec<(String, Result<(), KafkaError>)>,
-    me: &EdgeRecord,
+    results: Vec<(String, Result<EdgeRecord, KafkaError>)>,
 ) -> FindCoordinatorResponse {
-    let node = |r: &Result<(), KafkaError>| match r {
-        Ok(()) => (me.node_id, me.host.clone(), me.port, code::NONE, None),
+    let node = |r: &Result<EdgeRecord, KafkaError>| match r {
+        Ok(me) => (me.node_id, me.host.clone(), me.port, code::NONE, None),
         Err(e) => (
             -1,
             String::new(),
@@ -428,10 +444,16 @@ pub fn find_coordinator(
     } else {
         vec![req.key.to_string()]
     };
-    let results: Vec<(String, Result<(), KafkaError>)> = keys
+    let brokers = ctx.edge.brokers();
+    let results: Vec<(String, Result<EdgeRecord, KafkaError>)> = keys
         .into_iter()
         .map(|key| {
-            let r = coordinator_for(&md, &key, key_type);
+            let r = coordinator_for(&md, &key, key_type).map(|()| {
+                let shard = md.group_coordinator(&key).map_or(0, |(shard, _)| shard);
+                coordinator_edge(&brokers, shard)
+                    .cloned()
+                    .unwrap_or_else(|| ctx.edge.me.clone())
+            });
             (key, r)
         })
         .collect();
@@ -441,7 +463,7 @@ pub fn find_coordinator(
             ctx.note(e.code);
         }
     }
-    find_coordinator_response(version, results, &ctx.edge.me)
+    find_coordinator_response(version, results)
 }
 
 // ---- JoinGroup ----
@@ -874,7 +896,16 @@ pub async fn list(ctx: &mut Ctx<'_>, req: ListGroupsRequest, version: i16) -> Li
             })
         }
     });
-    let response = list_response(join_all(calls).await, version);
+    let mut response = list_response(join_all(calls).await, version);
+    // Only the groups this edge answers for (see `coordinator_edge`).
+    if let Some(shards) = md.group_shard_count() {
+        let brokers = edge.brokers();
+        let me = edge.node_id();
+        response.groups.retain(|g| {
+            let shard = runnel_cluster::group_shard(g.group_id.0.as_str(), shards);
+            coordinator_edge(&brokers, shard).is_none_or(|e| e.node_id == me)
+        });
+    }
     ctx.note(response.error_code);
     response
 }
@@ -1134,11 +1165,40 @@ pub(super) mod tests {
     }
 
     #[test]
+    fn each_shard_is_answered_for_by_one_edge() {
+        let edge = |id: i32| EdgeRecord {
+            node_id: id,
+            host: format!("e{id}"),
+            port: 9092,
+            started_at_ms: 0,
+        };
+        let brokers: BTreeMap<i32, EdgeRecord> = [(1, edge(1)), (2, edge(2))].into();
+        let picks: Vec<i32> = (0..50)
+            .map(|s| {
+                coordinator_edge(&brokers, s)
+                    .map(|e| e.node_id)
+                    .unwrap_or(-1)
+            })
+            .collect();
+        assert!(picks.contains(&1) && picks.contains(&2), "{picks:?}");
+        // The same answer every time, on every edge.
+        let again: Vec<i32> = (0..50)
+            .map(|s| {
+                coordinator_edge(&brokers, s)
+                    .map(|e| e.node_id)
+                    .unwrap_or(-1)
+            })
+            .collect();
+        assert_eq!(picks, again);
+        assert!(coordinator_edge(&BTreeMap::new(), 3).is_none());
+    }
+
+    #[test]
     fn find_coordinator_names_this_edge_or_no_node() {
         let md = metadata(1, &[(0, node(1))]);
         for v in 0..=3 {
             let ok = wire(
-                &find_coordinator_response(v, vec![("g".into(), Ok(()))], &me()),
+                &find_coordinator_response(v, vec![("g".into(), Ok(me()))]),
                 v,
             );
             assert_eq!(
@@ -1146,11 +1206,8 @@ pub(super) mod tests {
                 (0, BrokerId(7), "edge.example", 9092),
                 "v{v}"
             );
-            let err = coordinator_for(&ClusterMetadata::default(), "g", KEY_GROUP);
-            let err = wire(
-                &find_coordinator_response(v, vec![("g".into(), err)], &me()),
-                v,
-            );
+            let err = coordinator_for(&ClusterMetadata::default(), "g", KEY_GROUP).map(|()| me());
+            let err = wire(&find_coordinator_response(v, vec![("g".into(), err)]), v);
             assert_eq!(
                 (err.error_code, err.node_id, err.host.as_str(), err.port),
                 (15, BrokerId(-1), "", -1),
@@ -1162,10 +1219,16 @@ pub(super) mod tests {
         }
         // v4: one entry per key, nothing in the top level.
         let results = vec![
-            ("a".to_string(), coordinator_for(&md, "a", KEY_GROUP)),
-            ("t".to_string(), coordinator_for(&md, "t", KEY_TRANSACTION)),
+            (
+                "a".to_string(),
+                coordinator_for(&md, "a", KEY_GROUP).map(|()| me()),
+            ),
+            (
+                "t".to_string(),
+                coordinator_for(&md, "t", KEY_TRANSACTION).map(|()| me()),
+            ),
         ];
-        let r = wire(&find_coordinator_response(4, results, &me()), 4);
+        let r = wire(&find_coordinator_response(4, results), 4);
         assert_eq!(r.coordinators.len(), 2);
         let (a, t) = (&r.coordinators[0], &r.coordinators[1]);
         assert_eq!(
