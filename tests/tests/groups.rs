@@ -57,7 +57,9 @@ async fn start_groups_node(cluster: &InProcessCluster, node_id: i32) -> GroupsNo
             .build()
             .unwrap();
         rt.spawn(async move {
-            let store = runnel_metastore::open(&config.metastore.clone()).await.unwrap();
+            let store = runnel_metastore::open(&config.metastore.clone())
+                .await
+                .unwrap();
             let listener = TcpListener::from_std(listener).unwrap();
             runnel_groups::serve(config, store, listener, std::future::pending())
                 .await
@@ -116,6 +118,26 @@ async fn find(any: &str, group: &str) -> pb::FindCoordinatorResponse {
     .await
 }
 
+/// The group's committed offsets, once `address` serves them.
+async fn committed_offsets(address: &str, group: &str, what: &str) -> Vec<pb::CommittedOffset> {
+    eventually(what, SOON, || async {
+        let r = client(address)
+            .offset_fetch(pb::OffsetFetchRequest {
+                group_id: group.into(),
+                all_topics: true,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| e.to_string())?
+            .into_inner();
+        if r.error_code != 0 {
+            return Err(format!("error {}", r.error_code));
+        }
+        Ok(r.offsets)
+    })
+    .await
+}
+
 fn join_request(group: &str, member: &str) -> pb::JoinGroupRequest {
     pb::JoinGroupRequest {
         group_id: group.into(),
@@ -140,7 +162,10 @@ fn join_request(group: &str, member: &str) -> pb::JoinGroupRequest {
 async fn a_group_survives_the_loss_of_its_coordinator() {
     let cluster = InProcessCluster::start(1).await;
     let admin = cluster.admin();
-    admin.create_topic(NewTopic::new("orders", 4)).await.unwrap();
+    admin
+        .create_topic(NewTopic::new("orders", 4))
+        .await
+        .unwrap();
     wait_topic_ready(&cluster.coordinator, Some(&cluster.ingest), "orders").await;
     let nodes = [
         start_groups_node(&cluster, 1).await,
@@ -220,13 +245,28 @@ async fn a_group_survives_the_loss_of_its_coordinator() {
         }],
     };
     for (p, o) in [(0, 10), (1, 20), (2, 30), (0, 11)] {
-        let r = owner.offset_commit(commit(1, p, o)).await.unwrap().into_inner();
+        let r = owner
+            .offset_commit(commit(1, p, o))
+            .await
+            .unwrap()
+            .into_inner();
         assert_eq!(r.partitions[0].error_code, 0);
     }
-    let stale = owner.offset_commit(commit(0, 3, 99)).await.unwrap().into_inner();
+    let stale = owner
+        .offset_commit(commit(0, 3, 99))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(stale.partitions[0].error_code, 22, "ILLEGAL_GENERATION");
-    let unknown = owner.offset_commit(commit(1, 9, 1)).await.unwrap().into_inner();
-    assert_eq!(unknown.partitions[0].error_code, 3, "UNKNOWN_TOPIC_OR_PARTITION");
+    let unknown = owner
+        .offset_commit(commit(1, 9, 1))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        unknown.partitions[0].error_code, 3,
+        "UNKNOWN_TOPIC_OR_PARTITION"
+    );
 
     // The owner dies without handing the shard back.
     nodes[owner_index].kill();
@@ -242,24 +282,11 @@ async fn a_group_survives_the_loss_of_its_coordinator() {
     .await;
     assert_eq!(moved.shard, coordinator.shard);
     let mut survivor = client(&other.address);
-    let fetched = eventually("the new coordinator serves the offsets", SOON, || {
-        let mut survivor = survivor.clone();
-        async move {
-            let r = survivor
-                .offset_fetch(pb::OffsetFetchRequest {
-                    group_id: group.into(),
-                    all_topics: true,
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| e.to_string())?
-                .into_inner();
-            if r.error_code != 0 {
-                return Err(format!("error {}", r.error_code));
-            }
-            Ok(r.offsets)
-        }
-    })
+    let fetched = committed_offsets(
+        &other.address,
+        group,
+        "the new coordinator serves the offsets",
+    )
     .await;
     let got: Vec<(i32, i64, String)> = fetched
         .iter()
@@ -267,7 +294,11 @@ async fn a_group_survives_the_loss_of_its_coordinator() {
         .collect();
     assert_eq!(
         got,
-        vec![(0, 11, "m11".into()), (1, 20, "m20".into()), (2, 30, "m30".into())]
+        vec![
+            (0, 11, "m11".into()),
+            (1, 20, "m20".into()),
+            (2, 30, "m30".into())
+        ]
     );
 
     // The same member and generation carry on: no rejoin needed.
@@ -281,7 +312,10 @@ async fn a_group_survives_the_loss_of_its_coordinator() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(hb.error_code, 0, "the restored generation accepts the member");
+    assert_eq!(
+        hb.error_code, 0,
+        "the restored generation accepts the member"
+    );
     let described = survivor
         .describe_groups(pb::DescribeGroupsRequest {
             group_ids: vec![group.into()],
@@ -290,7 +324,10 @@ async fn a_group_survives_the_loss_of_its_coordinator() {
         .unwrap()
         .into_inner();
     let d = &described.groups[0];
-    assert_eq!((d.state.as_str(), d.generation_id, d.members.len()), ("Stable", 1, 1));
+    assert_eq!(
+        (d.state.as_str(), d.generation_id, d.members.len()),
+        ("Stable", 1, 1)
+    );
     assert_eq!(d.members[0].assignment, Bytes::from_static(b"all of it"));
 
     // An active group cannot be deleted; once its member leaves it can.
@@ -331,7 +368,10 @@ async fn a_group_survives_the_loss_of_its_coordinator() {
         .await
         .unwrap()
         .into_inner();
-    assert!(gone.offsets.is_empty(), "offsets of a deleted group: {gone:?}");
+    assert!(
+        gone.offsets.is_empty(),
+        "offsets of a deleted group: {gone:?}"
+    );
     let again = survivor
         .delete_groups(pb::DeleteGroupsRequest {
             group_ids: vec![group.into()],
@@ -354,7 +394,10 @@ async fn offsets_are_stored_before_they_are_acknowledged() {
     // storage (acks=all) before it is answered.
     let cluster = InProcessCluster::start(1).await;
     let admin = cluster.admin();
-    admin.create_topic(NewTopic::new("events", 2)).await.unwrap();
+    admin
+        .create_topic(NewTopic::new("events", 2))
+        .await
+        .unwrap();
     wait_topic_ready(&cluster.coordinator, Some(&cluster.ingest), "events").await;
     let node = start_groups_node(&cluster, 1).await;
     shard_owners(&cluster).await;
@@ -392,22 +435,7 @@ async fn offsets_are_stored_before_they_are_acknowledged() {
     node.kill();
     let node = start_groups_node(&cluster, 1).await;
     for g in &groups {
-        let offsets = eventually("offsets after the restart", SOON, || async {
-            let r = client(&node.address)
-                .offset_fetch(pb::OffsetFetchRequest {
-                    group_id: g.clone(),
-                    all_topics: true,
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| e.to_string())?
-                .into_inner();
-            if r.error_code != 0 {
-                return Err(format!("error {}", r.error_code));
-            }
-            Ok(r.offsets)
-        })
-        .await;
+        let offsets = committed_offsets(&node.address, g, "offsets after the restart").await;
         // Concurrent commits to one partition land in some order; every
         // one was acknowledged, so the stored value is one of them and
         // both partitions are there.

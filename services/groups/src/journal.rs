@@ -111,7 +111,7 @@ impl Change {
 /// What a shard's records say, newest record per key.
 #[derive(Debug, Default)]
 pub struct Stored {
-    pub offsets: HashMap<String, BTreeMap<(String, i32), pb::OffsetValue>>,
+    pub offsets: GroupOffsets,
     pub groups: HashMap<String, pb::GroupValue>,
     pub consumer_groups: HashMap<String, pb::ConsumerGroupValue>,
 }
@@ -123,26 +123,8 @@ impl Stored {
                 group,
                 topic,
                 partition,
-                value: Some(v),
-            } => {
-                self.offsets
-                    .entry(group)
-                    .or_default()
-                    .insert((topic, partition), v);
-            }
-            Change::Offset {
-                group,
-                topic,
-                partition,
-                value: None,
-            } => {
-                if let Some(o) = self.offsets.get_mut(&group) {
-                    o.remove(&(topic, partition));
-                    if o.is_empty() {
-                        self.offsets.remove(&group);
-                    }
-                }
-            }
+                value,
+            } => apply_offset(&mut self.offsets, group, topic, partition, value),
             Change::Group {
                 group,
                 value: Some(v),
@@ -160,6 +142,36 @@ impl Stored {
             }
             Change::ConsumerGroup { group, value: None } => {
                 self.consumer_groups.remove(&group);
+            }
+        }
+    }
+}
+
+/// Committed offsets by group, then topic and partition.
+pub type GroupOffsets = HashMap<String, BTreeMap<(String, i32), pb::OffsetValue>>;
+
+/// Sets (or with `None` deletes) one committed offset; a group with no
+/// offsets left is dropped from the map.
+pub fn apply_offset(
+    offsets: &mut GroupOffsets,
+    group: String,
+    topic: String,
+    partition: i32,
+    value: Option<pb::OffsetValue>,
+) {
+    match value {
+        Some(v) => {
+            offsets
+                .entry(group)
+                .or_default()
+                .insert((topic, partition), v);
+        }
+        None => {
+            if let Some(o) = offsets.get_mut(&group) {
+                o.remove(&(topic, partition));
+                if o.is_empty() {
+                    offsets.remove(&group);
+                }
             }
         }
     }

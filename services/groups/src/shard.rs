@@ -728,27 +728,8 @@ fn apply(state: &mut ShardState, change: Change) {
             group,
             topic,
             partition,
-            value: Some(v),
-        } => {
-            state
-                .offsets
-                .entry(group)
-                .or_default()
-                .insert((topic, partition), v);
-        }
-        Change::Offset {
-            group,
-            topic,
-            partition,
-            value: None,
-        } => {
-            if let Some(o) = state.offsets.get_mut(&group) {
-                o.remove(&(topic, partition));
-                if o.is_empty() {
-                    state.offsets.remove(&group);
-                }
-            }
-        }
+            value,
+        } => crate::journal::apply_offset(&mut state.offsets, group, topic, partition, value),
         Change::Group { group, value: None } => {
             if state
                 .groups
