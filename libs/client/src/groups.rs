@@ -40,7 +40,10 @@ fn retriable(code: i32) -> bool {
 }
 
 fn failed(group: &str, code: i32, what: &str) -> ClientError {
-    ClientError::Invalid(format!("{what} group {group:?}: {} ({code})", group_error_name(code)))
+    ClientError::Invalid(format!(
+        "{what} group {group:?}: {} ({code})",
+        group_error_name(code)
+    ))
 }
 
 /// Consumer-group administration. Cheap to clone.
@@ -60,7 +63,10 @@ impl Groups {
     }
 
     /// The node that owns `group` now.
-    pub async fn coordinator(&self, group: &str) -> Result<GroupsServiceClient<Channel>, ClientError> {
+    pub async fn coordinator(
+        &self,
+        group: &str,
+    ) -> Result<GroupsServiceClient<Channel>, ClientError> {
         let mut last = 0;
         for _ in 0..50 {
             let r = self
@@ -82,7 +88,12 @@ impl Groups {
 
     /// Runs `call` against the group's coordinator, again while the shard
     /// moves or loads.
-    async fn with_coordinator<T, F, Fut>(&self, group: &str, call: F, code_of: fn(&T) -> i32) -> Result<T, ClientError>
+    async fn with_coordinator<T, F, Fut>(
+        &self,
+        group: &str,
+        call: F,
+        code_of: fn(&T) -> i32,
+    ) -> Result<T, ClientError>
     where
         F: Fn(GroupsServiceClient<Channel>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
@@ -126,7 +137,10 @@ impl Groups {
                 group,
                 |mut c| {
                     let g = g.clone();
-                    async move { c.describe_groups(pb::DescribeGroupsRequest { group_ids: vec![g] }).await }
+                    async move {
+                        c.describe_groups(pb::DescribeGroupsRequest { group_ids: vec![g] })
+                            .await
+                    }
                 },
                 |r: &pb::DescribeGroupsResponse| r.groups.first().map_or(0, |g| g.error_code),
             )
@@ -171,7 +185,11 @@ impl Groups {
 
     /// Commits offsets from outside the group protocol; the groups service
     /// accepts this only while the group has no members.
-    pub async fn commit(&self, group: &str, offsets: Vec<pb::PartitionOffset>) -> Result<(), ClientError> {
+    pub async fn commit(
+        &self,
+        group: &str,
+        offsets: Vec<pb::PartitionOffset>,
+    ) -> Result<(), ClientError> {
         let request = pb::OffsetCommitRequest {
             group_id: group.to_string(),
             generation_id: -1,
@@ -187,7 +205,11 @@ impl Groups {
                     async move { c.offset_commit(request).await }
                 },
                 |r: &pb::OffsetCommitResponse| {
-                    r.partitions.iter().map(|p| p.error_code).find(|c| *c != 0).unwrap_or(r.error_code)
+                    r.partitions
+                        .iter()
+                        .map(|p| p.error_code)
+                        .find(|c| *c != 0)
+                        .unwrap_or(r.error_code)
                 },
             )
             .await?;
@@ -211,7 +233,10 @@ impl Groups {
                 group,
                 |mut c| {
                     let g = g.clone();
-                    async move { c.delete_groups(pb::DeleteGroupsRequest { group_ids: vec![g] }).await }
+                    async move {
+                        c.delete_groups(pb::DeleteGroupsRequest { group_ids: vec![g] })
+                            .await
+                    }
                 },
                 |r: &pb::DeleteGroupsResponse| r.groups.first().map_or(0, |g| g.error_code),
             )

@@ -22,9 +22,9 @@ pub use admin::{Admin, NewTopic};
 pub use consumer::{ConsumedRecord, Consumer, ConsumerConfig, StartOffset};
 pub use error::ClientError;
 pub use groups::{Groups, group_error_name};
-pub use runnel_proto::groups::v1 as groups_pb;
 pub use producer::{DeliveryFuture, Producer, ProducerConfig, RecordMetadata};
 pub use runnel_proto::coordinator::v1::{Node, PartitionInfo, TopicInfo};
+pub use runnel_proto::groups::v1 as groups_pb;
 pub use runnel_records::Compression;
 pub use runnel_records::build::PlainRecord;
 

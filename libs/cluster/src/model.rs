@@ -135,9 +135,7 @@ impl ClusterMetadata {
     /// The number of consumer-group shards (partitions of
     /// `__consumer_offsets`), if that topic exists.
     pub fn group_shard_count(&self) -> Option<i32> {
-        self.topics
-            .get(OFFSETS_TOPIC)
-            .map(|t| t.record.partitions)
+        self.topics.get(OFFSETS_TOPIC).map(|t| t.record.partitions)
     }
 
     /// A group's shard and the groups node that owns it (if any owns it now).
