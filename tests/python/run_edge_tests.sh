@@ -12,6 +12,9 @@
 #                                  is exported for the tests: a command that
 #                                  kills the groups processes (SIGKILL) and
 #                                  starts them again.
+# Both export RUNNEL_GROUPS_ADDRESS and RUNNEL_COORDINATOR_ADDRESS (gRPC) for
+# the tests that run the runnel CLI, and run the groups role with a 500 ms
+# KIP-848 heartbeat interval.
 # With RUNNEL_KAFKA_BOOTSTRAP=host:port set it runs them against that edge.
 # Extra arguments go to pytest (e.g. -k confluent -x).
 set -euo pipefail
@@ -69,12 +72,22 @@ if [ -z "${RUNNEL_KAFKA_BOOTSTRAP:-}" ]; then
     dev)
         # What a user runs first: `runnel dev`, on free ports.
         dev_ports=(--coordinator-port 0 --storage-port 0 --ingest-port 0 --kafka-port 0)
-        if "$runnel" dev --help | grep -q -- --groups-port; then dev_ports+=(--groups-port 0); fi
-        "$runnel" dev --data-dir "$work/data" "${dev_ports[@]}" --metrics-listen "" \
+        dev_help=$("$runnel" dev --help)
+        if grep -q -- --groups-port <<<"$dev_help"; then dev_ports+=(--groups-port 0); fi
+        # KIP-848 members heartbeat every 500 ms (Kafka's default is 5 s).
+        dev_opts=()
+        if grep -q -- --consumer-heartbeat-interval-ms <<<"$dev_help"; then
+            dev_opts+=(--consumer-heartbeat-interval-ms 500)
+        fi
+        "$runnel" dev --data-dir "$work/data" "${dev_ports[@]}" "${dev_opts[@]}" --metrics-listen "" \
             >"$work/dev.out" 2>"$work/dev.log" &
         pids+=($!)
         wait_for grep -q 'Kafka (edge)' "$work/dev.out"
         RUNNEL_KAFKA_BOOTSTRAP=$(awk '/Kafka \(edge\)/ {print $3}' "$work/dev.out" | head -1)
+        # For the tests that use the runnel CLI (`runnel group describe`).
+        RUNNEL_GROUPS_ADDRESS=$(awk '/groups gRPC/ {print $3}' "$work/dev.out" | head -1)
+        RUNNEL_COORDINATOR_ADDRESS=$(awk '/coordinator gRPC/ {print $3}' "$work/dev.out" | head -1)
+        export RUNNEL_GROUPS_ADDRESS RUNNEL_COORDINATOR_ADDRESS
         ;;
     processes)
         # A deployment: real etcd, every role its own process, two storage
@@ -112,6 +125,8 @@ if [ -z "${RUNNEL_KAFKA_BOOTSTRAP:-}" ]; then
             echo "cp=$cp"
             echo "gports=(${gports[*]})"
             cat <<'SCRIPT'
+# The groups role reads RUNNEL_<KEY>: KIP-848 members heartbeat every 500 ms.
+export RUNNEL_CONSUMER_HEARTBEAT_INTERVAL_MS=500
 if [ "${1:-}" = restart ]; then
     for n in 1 2; do
         pid=$(cat "groups-$n.pid")
@@ -139,6 +154,11 @@ SCRIPT
         } >"$work/groups.sh"
         bash "$work/groups.sh" || { tail -20 "$work"/groups-*.log >&2; exit 1; }
         export RUNNEL_GROUPS_RESTART_CMD="bash $work/groups.sh restart"
+        # For the tests that use the runnel CLI (`runnel group describe`).
+        # (RUNNEL_COORDINATOR_ADDRESS is also the groups role's
+        # coordinator_address setting; groups.sh passes the same address.)
+        export RUNNEL_GROUPS_ADDRESS="127.0.0.1:${gports[0]}"
+        export RUNNEL_COORDINATOR_ADDRESS="127.0.0.1:$cp"
         edges=()
         for n in 1 2; do
             kp=$(free_port)

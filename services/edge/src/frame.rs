@@ -43,12 +43,14 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::SyncGroup, 0, 5),
     (ApiKey::Heartbeat, 0, 4),
     (ApiKey::LeaveGroup, 0, 5),
-    (ApiKey::OffsetCommit, 2, 8),
-    (ApiKey::OffsetFetch, 1, 8),
+    (ApiKey::OffsetCommit, 2, 9),
+    (ApiKey::OffsetFetch, 1, 9),
     (ApiKey::ListGroups, 0, 4),
     (ApiKey::DescribeGroups, 0, 5),
     (ApiKey::DeleteGroups, 0, 2),
     (ApiKey::OffsetDelete, 0, 0),
+    // KIP-848 consumer groups (api/consumer_group.rs).
+    (ApiKey::ConsumerGroupHeartbeat, 0, 1),
 ];
 
 /// The version range the edge accepts for an API, if it serves it.
@@ -87,6 +89,7 @@ pub fn api_name(api: ApiKey) -> &'static str {
         ApiKey::DescribeGroups => "DescribeGroups",
         ApiKey::DeleteGroups => "DeleteGroups",
         ApiKey::OffsetDelete => "OffsetDelete",
+        ApiKey::ConsumerGroupHeartbeat => "ConsumerGroupHeartbeat",
         _ => "other",
     }
 }
@@ -161,6 +164,7 @@ pub enum Request {
     DescribeGroups(DescribeGroupsRequest),
     DeleteGroups(DeleteGroupsRequest),
     OffsetDelete(OffsetDeleteRequest),
+    ConsumerGroupHeartbeat(ConsumerGroupHeartbeatRequest),
 }
 
 /// What a frame turned out to be.
@@ -257,6 +261,9 @@ pub fn parse_request(frame: Bytes) -> Result<Parsed, ProtocolError> {
         ApiKey::DescribeGroups => Request::DescribeGroups(body(&mut buf, api, version)?),
         ApiKey::DeleteGroups => Request::DeleteGroups(body(&mut buf, api, version)?),
         ApiKey::OffsetDelete => Request::OffsetDelete(body(&mut buf, api, version)?),
+        ApiKey::ConsumerGroupHeartbeat => {
+            Request::ConsumerGroupHeartbeat(body(&mut buf, api, version)?)
+        }
         _ => return Err(ProtocolError::UnsupportedVersion { api, version }),
     };
     Ok(Parsed::Request {
@@ -434,6 +441,9 @@ mod tests {
                     ApiKey::DescribeGroups => encoded::<DescribeGroupsRequest>(api, v),
                     ApiKey::DeleteGroups => encoded::<DeleteGroupsRequest>(api, v),
                     ApiKey::OffsetDelete => encoded::<OffsetDeleteRequest>(api, v),
+                    ApiKey::ConsumerGroupHeartbeat => {
+                        encoded::<ConsumerGroupHeartbeatRequest>(api, v)
+                    }
                     other => panic!("{other:?} served but not tested"),
                 };
                 match parse_request(frame) {

@@ -51,6 +51,7 @@ const SOURCES: &[&str] = &[
     include_str!("../schemas/DescribeGroupsRequest.json"),
     include_str!("../schemas/DeleteGroupsRequest.json"),
     include_str!("../schemas/OffsetDeleteRequest.json"),
+    include_str!("../schemas/ConsumerGroupHeartbeatRequest.json"),
 ];
 
 /// An inclusive version range; `None` means "no version".
@@ -417,7 +418,7 @@ mod tests {
         let s = schemas();
         for key in [
             0, 1, 2, 3, 8, 9, 10, 11, 12, 13, 14, 15, 16, 18, 19, 20, 22, 32, 33, 35, 37, 42, 44,
-            47, 60,
+            47, 60, 68,
         ] {
             assert!(s.contains_key(&key), "API key {key}");
         }
@@ -678,7 +679,7 @@ mod tests {
             }
             walk_and_decode(13, &lg, v);
         }
-        for v in 2..=8 {
+        for v in 2..=9 {
             let mut oc = OffsetCommitRequest::default()
                 .with_group_id(g())
                 .with_generation_id_or_member_epoch(3)
@@ -705,7 +706,7 @@ mod tests {
             }
             walk_and_decode(8, &oc, v);
         }
-        for v in 1..=8 {
+        for v in 1..=9 {
             let topics = vec![
                 OffsetFetchRequestTopic::default()
                     .with_name(TopicName(s("t")))
@@ -725,6 +726,11 @@ mod tests {
                         .with_group_id(GroupId(s("all")))
                         .with_topics(None),
                 ];
+                if v >= 9 {
+                    // KIP-848: the member asking.
+                    of.groups[0].member_id = Some(s("m"));
+                    of.groups[0].member_epoch = 4;
+                }
                 of.require_stable = true;
             } else {
                 of.group_id = g();
@@ -769,6 +775,44 @@ mod tests {
                     ]),
             ]);
         walk_and_decode(47, &od, 0);
+        for v in 0..=1 {
+            use kafka_protocol::messages::consumer_group_heartbeat_request::TopicPartitions;
+            let full = ConsumerGroupHeartbeatRequest::default()
+                .with_group_id(g())
+                .with_member_id(s("m"))
+                .with_member_epoch(0)
+                .with_instance_id(Some(s("i")))
+                .with_rack_id(Some(s("r")))
+                .with_rebalance_timeout_ms(30_000)
+                .with_subscribed_topic_names(Some(vec![TopicName(s("a")), TopicName(s("b"))]))
+                .with_subscribed_topic_regex((v >= 1).then(|| s("a.*")))
+                .with_server_assignor(Some(s("uniform")))
+                .with_topic_partitions(Some(vec![
+                    TopicPartitions::default()
+                        .with_topic_id(uuid::Uuid::from_u128(1))
+                        .with_partitions(vec![0, 2]),
+                ]));
+            walk_and_decode(68, &full, v);
+            // A steady heartbeat: everything unchanged is null.
+            let steady = ConsumerGroupHeartbeatRequest::default()
+                .with_group_id(g())
+                .with_member_id(s("m"))
+                .with_member_epoch(3);
+            walk_and_decode(68, &steady, v);
+        }
+        // ConsumerGroupHeartbeat v0 whose owned-partitions count claims
+        // 2^28 entries: group id (1 + 7), member id (1 + 1), epoch (4),
+        // null instance and rack ids, rebalance timeout (4), null topic
+        // names, null assignor, then the compact array's count.
+        let hb = ConsumerGroupHeartbeatRequest::default()
+            .with_group_id(g())
+            .with_member_id(s("m"))
+            .with_topic_partitions(Some(vec![]));
+        let mut body = encoded(&hb, 0).to_vec();
+        let at = 8 + 2 + 4 + 1 + 1 + 4 + 1 + 1;
+        assert_eq!(body[at], 1, "an empty compact array");
+        body.splice(at..at + 1, [0x80, 0x80, 0x80, 0x80, 0x01]);
+        assert!(check(68, 0, &body).is_err());
 
         // JoinGroup v5 whose protocol list claims i32::MAX entries: group
         // id (2 + 7), session timeout, rebalance timeout, member id (2 + 1),

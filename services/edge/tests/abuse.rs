@@ -105,9 +105,10 @@ async fn bad_frames_close_only_their_connection() {
     c.send_raw(&frame(999, 0, 1, &[0xff, 0xff])).await.unwrap();
     assert!(c.is_closed().await);
 
-    // An API the edge does not serve (JoinGroup) and an unsupported version
-    // of one it does (Metadata v99): closed, with a log line.
-    for (api, version) in [(11, 5), (3, 99)] {
+    // An API the edge does not serve (EndTxn: no transactions yet) and an
+    // unsupported version of one it does (Metadata v99): closed, with a log
+    // line.
+    for (api, version) in [(26, 0), (3, 99)] {
         let mut c = KafkaConn::connect(&addr).await.unwrap();
         c.send_raw(&frame(api, version, 1, &[0xff, 0xff]))
             .await

@@ -4,6 +4,7 @@
 
 mod admin;
 mod configs;
+mod consumer_group;
 mod fetch;
 mod groups;
 mod log_dirs;
@@ -152,6 +153,12 @@ pub async fn dispatch(
             version,
             cid,
             &offsets_commit::delete(ctx, r, version).await,
+        ),
+        Request::ConsumerGroupHeartbeat(r) => encode(
+            api,
+            version,
+            cid,
+            &consumer_group::heartbeat(ctx, r, version).await,
         ),
     }
 }

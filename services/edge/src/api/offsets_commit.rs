@@ -7,6 +7,13 @@
 //! top-level error (a group error goes into every requested partition), v2+
 //! accepts null topics for "every topic", v5+ returns leader epochs, and v8+
 //! asks about several groups at once.
+//!
+//! v9 of both is what KIP-848 consumers send. OffsetCommit v9 has the v8
+//! layout; for a KIP-848 group its `generation_id_or_member_epoch` is the
+//! member epoch, which the groups node checks (it passes as the generation
+//! id). OffsetFetch v9 adds the asking member's id and epoch per group;
+//! they are not checked (the committed offsets are answered to anyone, as
+//! for older versions).
 
 use std::collections::HashMap;
 
@@ -590,7 +597,7 @@ mod tests {
                 ("gone".to_string(), vec![(0, 3)]),
             ]
         );
-        for v in 2..=8 {
+        for v in 2..=9 {
             assert_eq!(codes(&wire(&r, v)), codes(&r));
         }
         // A group error applies to every partition that exists.
@@ -688,17 +695,19 @@ mod tests {
             GroupId(str_bytes("g2")),
             Err(KafkaError::new(code::COORDINATOR_NOT_AVAILABLE, "no owner")),
         );
-        let r = wire(
-            &OffsetFetchResponse::default().with_groups(vec![ok, down]),
-            8,
-        );
-        let (g1, g2) = (&r.groups[0], &r.groups[1]);
-        assert_eq!((g1.group_id.as_str(), g1.error_code), ("g1", 0));
-        assert_eq!(g1.topics.len(), 2);
-        assert_eq!(g1.topics[0].partitions[0].committed_leader_epoch, 4);
-        assert_eq!(g1.topics[1].partitions[0].committed_offset, 7);
-        assert_eq!((g2.group_id.as_str(), g2.error_code), ("g2", 15));
-        assert!(g2.topics.is_empty());
+        for v in 8..=9 {
+            let r = wire(
+                &OffsetFetchResponse::default().with_groups(vec![ok.clone(), down.clone()]),
+                v,
+            );
+            let (g1, g2) = (&r.groups[0], &r.groups[1]);
+            assert_eq!((g1.group_id.as_str(), g1.error_code), ("g1", 0));
+            assert_eq!(g1.topics.len(), 2);
+            assert_eq!(g1.topics[0].partitions[0].committed_leader_epoch, 4);
+            assert_eq!(g1.topics[1].partitions[0].committed_offset, 7);
+            assert_eq!((g2.group_id.as_str(), g2.error_code), ("g2", 15));
+            assert!(g2.topics.is_empty());
+        }
     }
 
     #[test]
