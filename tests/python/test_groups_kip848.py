@@ -479,9 +479,8 @@ def test_kip848_group_describe_and_list(bootstrap, admin, new_topic, new_group):
         ours = [g for g in listed.valid if g.group_id == group]
         assert len(ours) == 1, [g.group_id for g in listed.valid]
         kind = getattr(ours[0], "type", None)
-        # The group type needs ListGroups v5, which the edge does not serve
-        # yet: the client reports UNKNOWN (CONSUMER once it does).
-        assert kind is None or kind.name in ("CONSUMER", "UNKNOWN"), kind
+        # ListGroups v5 carries the group type: a KIP-848 group is CONSUMER.
+        assert kind is not None and kind.name == "CONSUMER", kind
         print(f"\nAdminClient lists {group} with state {ours[0].state} and type {kind}")
         assert not ours[0].is_simple_consumer_group
 

@@ -117,6 +117,7 @@ impl Groups {
             .list_groups(pb::ListGroupsRequest {
                 states_filter: Vec::new(),
                 all_nodes: true,
+                types_filter: Vec::new(),
             })
             .await?
             .into_inner();

@@ -214,7 +214,7 @@ impl GroupsService for GroupsGrpc {
             .node
             .active_shards()
             .iter()
-            .flat_map(|s| s.list(&req.states_filter))
+            .flat_map(|s| s.list(&req.states_filter, &req.types_filter))
             .collect();
         let mut error_code = code::NONE;
         if req.all_nodes {
@@ -227,6 +227,7 @@ impl GroupsService for GroupsGrpc {
                 let ask = pb::ListGroupsRequest {
                     states_filter: req.states_filter.clone(),
                     all_nodes: false,
+                    types_filter: req.types_filter.clone(),
                 };
                 match self.node.peer(&other.address) {
                     Ok(mut client) => match client.list_groups(ask).await {

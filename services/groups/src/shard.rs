@@ -456,23 +456,26 @@ impl Shard {
         }
     }
 
-    pub fn list(&self, states: &[String]) -> Vec<pb::ListedGroup> {
+    pub fn list(&self, states: &[String], types: &[String]) -> Vec<pb::ListedGroup> {
         let state = self.lock();
-        let wanted =
-            |s: &str| states.is_empty() || states.iter().any(|w| w.eq_ignore_ascii_case(s));
+        let wanted = |filter: &[String], s: &str| {
+            filter.is_empty() || filter.iter().any(|w| w.eq_ignore_ascii_case(s))
+        };
         let classic = state.groups.values().map(|g| pb::ListedGroup {
             group_id: g.id.clone(),
             protocol_type: g.protocol_type.clone().unwrap_or_default(),
             state: g.state.name().into(),
+            group_type: "classic".into(),
         });
         let consumer = state.consumer_groups.values().map(|g| pb::ListedGroup {
             group_id: g.id.clone(),
             protocol_type: "consumer".into(),
             state: g.state().into(),
+            group_type: "consumer".into(),
         });
         classic
             .chain(consumer)
-            .filter(|g| wanted(&g.state))
+            .filter(|g| wanted(states, &g.state) && wanted(types, &g.group_type))
             .collect()
     }
 

@@ -83,9 +83,15 @@ pub async fn run(cmd: GroupCommand) -> anyhow::Result<()> {
     match cmd {
         GroupCommand::List { endpoints } => {
             let groups = Groups::connect(&endpoints.groups)?.list().await?;
-            println!("{:<40} {:<22} PROTOCOL-TYPE", "GROUP", "STATE");
+            println!(
+                "{:<40} {:<20} {:<9} PROTOCOL-TYPE",
+                "GROUP", "STATE", "TYPE"
+            );
             for g in groups {
-                println!("{:<40} {:<22} {}", g.group_id, g.state, g.protocol_type);
+                println!(
+                    "{:<40} {:<20} {:<9} {}",
+                    g.group_id, g.state, g.group_type, g.protocol_type
+                );
             }
             Ok(())
         }

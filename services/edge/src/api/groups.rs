@@ -847,6 +847,9 @@ fn list_response(
             if version >= 4 {
                 listed.group_state = str_bytes(g.state);
             }
+            if version >= 5 {
+                listed.group_type = str_bytes(g.group_type);
+            }
             listed
         })
         .collect();
@@ -872,6 +875,11 @@ pub async fn list(ctx: &mut Ctx<'_>, req: ListGroupsRequest, version: i16) -> Li
     let request = pb::ListGroupsRequest {
         states_filter: if version >= 4 {
             req.states_filter.iter().map(|s| s.to_string()).collect()
+        } else {
+            Vec::new()
+        },
+        types_filter: if version >= 5 {
+            req.types_filter.iter().map(|s| s.to_string()).collect()
         } else {
             Vec::new()
         },
@@ -1461,6 +1469,7 @@ pub(super) mod tests {
             group_id: id.into(),
             protocol_type: "consumer".into(),
             state: state.into(),
+            group_type: "classic".into(),
         };
         let one = pb::ListGroupsResponse {
             error_code: 0,
@@ -1479,6 +1488,9 @@ pub(super) mod tests {
         assert_eq!(r.groups[1].group_state.as_str(), "Stable");
         let r = wire(&r, 4);
         assert_eq!(r.groups.len(), 3);
+        // v5 carries the group type (KIP-848).
+        let v5 = wire(&list_response(vec![Ok(one.clone())], 5), 5);
+        assert!(v5.groups.iter().all(|g| g.group_type.as_str() == "classic"));
         // Before v4 there is no state.
         let r = list_response(vec![Ok(one)], 3);
         assert!(r.groups.iter().all(|g| g.group_state.is_empty()));
