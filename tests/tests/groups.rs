@@ -35,10 +35,18 @@ impl GroupsNode {
 }
 
 async fn start_groups_node(cluster: &InProcessCluster, node_id: i32) -> GroupsNode {
+    start_groups_node_with(cluster, node_id, |_| {}).await
+}
+
+async fn start_groups_node_with(
+    cluster: &InProcessCluster,
+    node_id: i32,
+    configure: impl FnOnce(&mut GroupsConfig),
+) -> GroupsNode {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let address = listener.local_addr().unwrap().to_string();
-    let config = GroupsConfig {
+    let mut config = GroupsConfig {
         node_id,
         metastore: cluster.etcd.url(),
         cluster: cluster.name.clone(),
@@ -49,6 +57,7 @@ async fn start_groups_node(cluster: &InProcessCluster, node_id: i32) -> GroupsNo
         initial_rebalance_delay_ms: 0,
         ..Default::default()
     };
+    configure(&mut config);
     let (kill, killed) = std::sync::mpsc::channel::<()>();
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -445,6 +454,59 @@ async fn offsets_are_stored_before_they_are_acknowledged() {
         assert!([2, 4].contains(&by_partition[&0]));
         assert!([1, 3, 5].contains(&by_partition[&1]));
     }
+    node.kill();
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offsets_of_a_group_empty_past_retention_are_deleted() {
+    // Retention 0 minutes, checked every 200 ms: an empty group's offsets go
+    // at the next check, and stay gone after a restart (tombstones).
+    let cluster = InProcessCluster::start(1).await;
+    cluster
+        .admin()
+        .create_topic(NewTopic::new("audit", 1))
+        .await
+        .unwrap();
+    wait_topic_ready(&cluster.coordinator, Some(&cluster.ingest), "audit").await;
+    let retain = |c: &mut GroupsConfig| {
+        c.offsets_retention_minutes = 0;
+        c.offsets_retention_check_interval_ms = 200;
+    };
+    let node = start_groups_node_with(&cluster, 1, retain).await;
+    shard_owners(&cluster).await;
+    let address = find(&node.address, "forgotten").await.address;
+    let r = client(&address)
+        .offset_commit(pb::OffsetCommitRequest {
+            group_id: "forgotten".into(),
+            generation_id: -1,
+            offsets: vec![pb::PartitionOffset {
+                topic: "audit".into(),
+                partition: 0,
+                offset: 42,
+                leader_epoch: -1,
+                metadata: None,
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.partitions[0].error_code, 0);
+    eventually("the offsets expire", SOON, || async {
+        let left = committed_offsets(&address, "forgotten", "offsets readable").await;
+        if left.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("still there: {left:?}"))
+        }
+    })
+    .await;
+    node.kill();
+    let node = start_groups_node(&cluster, 1).await;
+    shard_owners(&cluster).await;
+    let after = committed_offsets(&node.address, "forgotten", "offsets after the restart").await;
+    assert!(after.is_empty(), "expired offsets came back: {after:?}");
     node.kill();
     cluster.shutdown().await;
 }

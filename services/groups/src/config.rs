@@ -43,6 +43,9 @@ pub struct GroupsConfig {
     /// Offsets of a group that has been empty this long are deleted
     /// (`offsets.retention.minutes`, KIP-211).
     pub offsets_retention_minutes: u64,
+    /// How often offsets past retention are looked for
+    /// (`offsets.retention.check.interval.ms`).
+    pub offsets_retention_check_interval_ms: u64,
     /// How often consumer lag is computed and exported, in seconds (0 = never).
     pub lag_interval_secs: u64,
     /// KIP-848 groups: a member that does not heartbeat for this long is
@@ -71,6 +74,7 @@ impl Default for GroupsConfig {
             max_group_size: 1_000,
             offset_metadata_max_bytes: 4096,
             offsets_retention_minutes: 7 * 24 * 60,
+            offsets_retention_check_interval_ms: 600_000,
             lag_interval_secs: 30,
             consumer_session_timeout_ms: 45_000,
             consumer_heartbeat_interval_ms: 5_000,

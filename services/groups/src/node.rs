@@ -411,7 +411,8 @@ impl GroupsNode {
                 _ = stopped(&mut stop) => return,
                 _ = tick.tick() => {}
             }
-            let expire = last_expiry.elapsed() >= Duration::from_secs(60);
+            let expire = last_expiry.elapsed()
+                >= Duration::from_millis(self.config.offsets_retention_check_interval_ms);
             if expire {
                 last_expiry = Instant::now();
             }
