@@ -266,6 +266,16 @@ EOF
     grep -q "state Empty" "$TMP/group.describe" || fail "group compose-test is not Empty after its consumer closed"
     awk '$1 == "python-demo" { n++; if ($5 != 0) bad++ } END { exit !(n == 3 && bad == 0) }' "$TMP/group.describe" ||
       fail "expected 3 partitions of python-demo with lag 0 in 'runnel group describe'"
+    step "the group's lag is exported to Prometheus by the groups node that owns it"
+    # Computed every lag_interval_secs (30 s by default).
+    group_lag() {
+      local s
+      for s in groups-1 groups-2; do
+        metrics "$s" 9801 | grep -E '^runnel_group_lag_sum\{group="compose-test"\} 0$' && return 0
+      done
+      return 1
+    }
+    retry 60 group_lag
   else
     warn "confluent-kafka is not importable (run tests/setup.sh): confluent-kafka checks skipped"
   fi
