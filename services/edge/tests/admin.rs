@@ -330,23 +330,27 @@ async fn describe_log_dirs() {
 
     // A storage node opens the log of a new, still empty partition when the
     // assignment reaches it, asynchronously (as a Kafka broker does on
-    // LeaderAndIsr): wait until "other" is there before comparing.
+    // LeaderAndIsr): wait until "other" and both partitions of "sized" are
+    // there before comparing.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
         let all = c
             .call(&DescribeLogDirsRequest::default().with_topics(None), 4)
             .await
             .unwrap();
-        if all
-            .results
-            .iter()
-            .any(|d| d.topics.iter().any(|t| t.name.0.as_str() == "other"))
-        {
+        let has = |topic: &str, partitions: usize| {
+            all.results.iter().any(|d| {
+                d.topics
+                    .iter()
+                    .any(|t| t.name.0.as_str() == topic && t.partitions.len() == partitions)
+            })
+        };
+        if has("other", 1) && has("sized", 2) {
             break;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "the log of \"other\" never appeared"
+            "the logs of \"other\" and \"sized\" never all appeared"
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
