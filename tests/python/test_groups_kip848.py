@@ -546,3 +546,38 @@ def test_kip848_classic_member_is_refused(bootstrap, new_topic, new_group):
         if classic is not None:
             classic.close()
         modern.close()
+
+
+# ---------------------------------------------------------------------------
+# 5. A pattern subscription: the coordinator resolves the regex against the
+#    topics as they come, so a topic created later is picked up.
+
+def test_kip848_regex_subscription_takes_new_topics(bootstrap, new_topic, new_group):
+    from conftest import unique
+
+    base = unique("k848rx")
+    first = new_topic(base, partitions=2)
+    second = new_topic(base, partitions=1)
+    group = new_group("k848-rx")
+    expected = {first: produce(bootstrap, first, 200), second: produce(bootstrap, second, 100)}
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, **KIP848_CONF})
+    c.subscribe([f"^{base}-.*"])
+    seen = defaultdict(set)
+
+    def pump():
+        for m in c.consume(200, 0.2):
+            assert m.error() is None, m.error()
+            seen[m.topic()].add((m.partition(), m.offset()))
+
+    def have(topic):
+        return seen[topic] == set(expected[topic])
+
+    try:
+        wait_until("both matching topics consumed", lambda: have(first) and have(second), 45, pump=pump)
+        # A third topic that matches, created after the subscription.
+        third = new_topic(base, partitions=1)
+        expected[third] = produce(bootstrap, third, 50)
+        wait_until("the new matching topic consumed", lambda: have(third), 60, pump=pump)
+    finally:
+        c.close()
+    assert set(seen) == set(expected), f"consumed topics {sorted(seen)}"

@@ -31,6 +31,17 @@ pub mod codes {
     pub const UNSUPPORTED_ASSIGNOR: i32 = 112;
     pub const STALE_MEMBER_EPOCH: i32 = 113;
     pub const INVALID_REQUEST: i32 = 42;
+    pub const INVALID_REGULAR_EXPRESSION: i32 = 128;
+}
+
+/// Topics by name with their partition counts, as the cluster has them now
+/// (internal topics left out).
+pub type Topics = BTreeMap<String, i32>;
+
+/// A subscription regex: Kafka matches whole topic names (RE2J's
+/// `matches()`), so the pattern is anchored at both ends.
+fn compile(pattern: &str) -> Result<regex::Regex, regex::Error> {
+    regex::Regex::new(&format!("^(?:{pattern})$"))
 }
 
 /// Partitions by topic.
@@ -54,7 +65,13 @@ pub struct ConsumerMember {
     pub client_id: String,
     pub client_host: String,
     pub rebalance_timeout: Duration,
+    /// Topics subscribed to by name.
     pub subscribed: BTreeSet<String>,
+    /// Topics subscribed to by pattern.
+    pub regex: Option<regex::Regex>,
+    /// What the subscription resolves to now: the names plus the existing
+    /// topics the regex matches. The assignment follows this.
+    pub resolved: BTreeSet<String>,
     pub epoch: i32,
     pub previous_epoch: i32,
     /// What the member has been given (and may consume).
@@ -164,7 +181,7 @@ pub fn assign(
     for (topic, &n) in partitions {
         let subscribers: Vec<&String> = members
             .values()
-            .filter(|m| m.subscribed.contains(topic))
+            .filter(|m| m.resolved.contains(topic))
             .map(|m| &m.id)
             .collect();
         if subscribers.is_empty() || n <= 0 {
@@ -225,6 +242,14 @@ pub fn assign(
     out
 }
 
+/// The pattern as the member sent it (without the anchors [`compile`] adds).
+fn unanchored(anchored: &str) -> &str {
+    anchored
+        .strip_prefix("^(?:")
+        .and_then(|s| s.strip_suffix(")$"))
+        .unwrap_or(anchored)
+}
+
 impl ConsumerGroup {
     pub fn new(id: &str) -> Self {
         ConsumerGroup {
@@ -270,9 +295,23 @@ impl ConsumerGroup {
         &mut self,
         req: &pb::ConsumerGroupHeartbeatRequest,
         settings: &ConsumerSettings,
-        partition_counts: &dyn Fn(&str) -> Option<i32>,
+        topics: &Topics,
         now: Instant,
     ) -> pb::ConsumerGroupHeartbeatResponse {
+        let regex = match req.subscribed_topic_regex.as_deref() {
+            None => None,
+            Some("") => Some(None),
+            Some(pattern) => match compile(pattern) {
+                Ok(r) => Some(Some(r)),
+                Err(e) => {
+                    return fail(
+                        codes::INVALID_REGULAR_EXPRESSION,
+                        &format!("invalid subscription regex {pattern:?}: {e}"),
+                        &req.member_id,
+                    );
+                }
+            },
+        };
         if let Some(a) = &req.server_assignor
             && !ASSIGNORS.contains(&a.as_str())
         {
@@ -303,7 +342,7 @@ impl ConsumerGroup {
         }
         let mut bump = None;
         let member_id = if req.member_epoch == 0 {
-            if req.subscribed_topic_names.is_none() {
+            if req.subscribed_topic_names.is_none() && req.subscribed_topic_regex.is_none() {
                 return fail(
                     codes::INVALID_REQUEST,
                     "a joining member must send its subscription",
@@ -359,6 +398,8 @@ impl ConsumerGroup {
                         client_host: req.client_host.clone(),
                         rebalance_timeout: Duration::from_millis(req.rebalance_timeout_ms as u64),
                         subscribed: BTreeSet::new(),
+                        regex: None,
+                        resolved: BTreeSet::new(),
                         epoch: 0,
                         previous_epoch: -1,
                         assigned: Assignment::new(),
@@ -408,22 +449,29 @@ impl ConsumerGroup {
                 m.rack_id = rack.clone();
             }
             if let Some(names) = &req.subscribed_topic_names {
-                let new: BTreeSet<String> = names.names.iter().cloned().collect();
-                if new != m.subscribed {
-                    m.subscribed = new;
-                    bump = bump.or(Some("subscription changed"));
-                }
+                m.subscribed = names.names.iter().cloned().collect();
+            }
+            if let Some(regex) = regex {
+                m.regex = regex;
+            }
+        }
+        // Resolve every member's subscription against the topics as they
+        // are now: a new topic matching someone's regex is a change too.
+        for m in self.members.values_mut() {
+            let mut resolved = m.subscribed.clone();
+            if let Some(r) = &m.regex {
+                resolved.extend(topics.keys().filter(|t| r.is_match(t)).cloned());
+            }
+            if resolved != m.resolved {
+                m.resolved = resolved;
+                bump = bump.or(Some("subscription changed"));
             }
         }
         // The subscribed topics' partitions as they are now.
-        let subscribed: BTreeSet<String> = self
-            .members
-            .values()
-            .flat_map(|m| m.subscribed.iter().cloned())
-            .collect();
-        let current: BTreeMap<String, i32> = subscribed
+        let current: BTreeMap<String, i32> = self
+            .subscribed_topics()
             .iter()
-            .filter_map(|t| partition_counts(t).map(|n| (t.clone(), n)))
+            .filter_map(|t| topics.get(t).map(|n| (t.clone(), *n)))
             .collect();
         if current != self.partitions {
             self.partitions = current;
@@ -558,7 +606,7 @@ impl ConsumerGroup {
     pub fn subscribed_topics(&self) -> BTreeSet<String> {
         self.members
             .values()
-            .flat_map(|m| m.subscribed.iter().cloned())
+            .flat_map(|m| m.resolved.iter().cloned())
             .collect()
     }
 
@@ -581,7 +629,7 @@ impl ConsumerGroup {
                     group_instance_id: m.instance_id.clone(),
                     client_id: m.client_id.clone(),
                     client_host: m.client_host.clone(),
-                    metadata: crate::consumer_protocol::encode_subscription(&m.subscribed),
+                    metadata: crate::consumer_protocol::encode_subscription(&m.resolved),
                     assignment: crate::consumer_protocol::encode_assignment(&m.assigned),
                 })
                 .collect(),
@@ -603,6 +651,12 @@ impl ConsumerGroup {
                     client_host: m.client_host.clone(),
                     rebalance_timeout_ms: m.rebalance_timeout.as_millis() as i32,
                     subscribed_topics: m.subscribed.iter().cloned().collect(),
+                    subscribed_topic_regex: m
+                        .regex
+                        .as_ref()
+                        .map(|r| unanchored(r.as_str()).to_string())
+                        .unwrap_or_default(),
+                    resolved_topics: m.resolved.iter().cloned().collect(),
                     member_epoch: m.epoch,
                     previous_member_epoch: m.previous_epoch,
                     assigned: Some(to_owned(&m.assigned)),
@@ -651,6 +705,10 @@ impl ConsumerGroup {
                     client_host: m.client_host,
                     rebalance_timeout: Duration::from_millis(m.rebalance_timeout_ms.max(0) as u64),
                     subscribed: m.subscribed_topics.into_iter().collect(),
+                    regex: (!m.subscribed_topic_regex.is_empty())
+                        .then(|| compile(&m.subscribed_topic_regex).ok())
+                        .flatten(),
+                    resolved: m.resolved_topics.into_iter().collect(),
                     epoch: m.member_epoch,
                     previous_epoch: m.previous_member_epoch,
                     assigned: m.assigned.as_ref().map(from_owned).unwrap_or_default(),
@@ -679,8 +737,8 @@ mod tests {
         }
     }
 
-    fn counts(t: &str) -> Option<i32> {
-        (t == "orders").then_some(6)
+    fn counts() -> Topics {
+        [("orders".to_string(), 6), ("other".to_string(), 2)].into()
     }
 
     fn join(id: &str) -> pb::ConsumerGroupHeartbeatRequest {
@@ -723,7 +781,7 @@ mod tests {
             let ids: Vec<String> = owned.keys().cloned().collect();
             for id in ids {
                 let (epoch, have) = owned[&id].clone();
-                let r = g.heartbeat(&beat(&id, epoch, &have), &settings(), &counts, now);
+                let r = g.heartbeat(&beat(&id, epoch, &have), &settings(), &counts(), now);
                 assert_eq!(r.error_code, 0, "{r:?}");
                 let now_have = r.assignment.map(|a| from_owned(&a)).unwrap_or(have);
                 owned.insert(id, (r.member_epoch, now_have));
@@ -740,7 +798,7 @@ mod tests {
         let now = Instant::now();
         let mut g = ConsumerGroup::new("g");
         let mut owned = BTreeMap::new();
-        let r = g.heartbeat(&join("a"), &settings(), &counts, now);
+        let r = g.heartbeat(&join("a"), &settings(), &counts(), now);
         assert_eq!((r.error_code, r.member_epoch), (0, 1));
         assert_eq!(parts(&from_owned(r.assignment.as_ref().unwrap())).len(), 6);
         owned.insert(
@@ -748,7 +806,7 @@ mod tests {
             (r.member_epoch, from_owned(&r.assignment.unwrap())),
         );
         // b joins: a must give up 3 partitions before b gets them.
-        let r = g.heartbeat(&join("b"), &settings(), &counts, now);
+        let r = g.heartbeat(&join("b"), &settings(), &counts(), now);
         assert_eq!(r.error_code, 0);
         let b_first = from_owned(&r.assignment.unwrap());
         assert!(
@@ -762,7 +820,7 @@ mod tests {
         assert_eq!((a.len(), b.len()), (3, 3));
         assert!(a.is_disjoint(&b));
         // c joins and b leaves: everything still covered exactly once.
-        let r = g.heartbeat(&join("c"), &settings(), &counts, now);
+        let r = g.heartbeat(&join("c"), &settings(), &counts(), now);
         owned.insert(
             "c".to_string(),
             (
@@ -773,13 +831,16 @@ mod tests {
         let left = g.heartbeat(
             &beat("b", owned["b"].0, &owned["b"].1),
             &settings(),
-            &counts,
+            &counts(),
             now,
         );
         assert_eq!(left.error_code, 0);
         let mut leave = beat("b", -1, &Assignment::new());
         leave.member_epoch = -1;
-        assert_eq!(g.heartbeat(&leave, &settings(), &counts, now).error_code, 0);
+        assert_eq!(
+            g.heartbeat(&leave, &settings(), &counts(), now).error_code,
+            0
+        );
         owned.remove("b");
         settle(&mut g, &mut owned, now);
         let a = parts(&owned["a"].1);
@@ -792,19 +853,19 @@ mod tests {
     fn stale_epochs_are_fenced_and_commits_checked() {
         let now = Instant::now();
         let mut g = ConsumerGroup::new("g");
-        let r = g.heartbeat(&join("a"), &settings(), &counts, now);
+        let r = g.heartbeat(&join("a"), &settings(), &counts(), now);
         let epoch = r.member_epoch;
         let wrong = g.heartbeat(
             &beat("a", epoch + 5, &Assignment::new()),
             &settings(),
-            &counts,
+            &counts(),
             now,
         );
         assert_eq!(wrong.error_code, codes::FENCED_MEMBER_EPOCH);
         let unknown = g.heartbeat(
             &beat("zz", 1, &Assignment::new()),
             &settings(),
-            &counts,
+            &counts(),
             now,
         );
         assert_eq!(unknown.error_code, code::UNKNOWN_MEMBER_ID);
@@ -821,7 +882,7 @@ mod tests {
         let mut bad = join("x");
         bad.server_assignor = Some("magic".into());
         assert_eq!(
-            g.heartbeat(&bad, &settings(), &counts, now).error_code,
+            g.heartbeat(&bad, &settings(), &counts(), now).error_code,
             codes::UNSUPPORTED_ASSIGNOR
         );
     }
@@ -832,7 +893,7 @@ mod tests {
         let mut g = ConsumerGroup::new("g");
         let mut owned = BTreeMap::new();
         for id in ["a", "b"] {
-            let r = g.heartbeat(&join(id), &settings(), &counts, now);
+            let r = g.heartbeat(&join(id), &settings(), &counts(), now);
             owned.insert(
                 id.to_string(),
                 (
@@ -844,7 +905,7 @@ mod tests {
         settle(&mut g, &mut owned, now);
         let later = now + Duration::from_secs(30);
         let (e, a) = owned["a"].clone();
-        let _ = g.heartbeat(&beat("a", e, &a), &settings(), &counts, later);
+        let _ = g.heartbeat(&beat("a", e, &a), &settings(), &counts(), later);
         g.tick(&settings(), now + Duration::from_secs(50));
         assert!(!g.members.contains_key("b"));
         owned.remove("b");
@@ -857,13 +918,13 @@ mod tests {
         let now = Instant::now();
         let mut g = ConsumerGroup::new("g");
         for id in ["a", "b", "c"] {
-            let _ = g.heartbeat(&join(id), &settings(), &counts, now);
+            let _ = g.heartbeat(&join(id), &settings(), &counts(), now);
         }
         let first = g.target.clone();
         let sizes: Vec<usize> = first.values().map(count).collect();
         assert_eq!(sizes, vec![2, 2, 2]);
         // A fourth member takes partitions without the others swapping theirs.
-        let _ = g.heartbeat(&join("d"), &settings(), &counts, now);
+        let _ = g.heartbeat(&join("d"), &settings(), &counts(), now);
         for id in ["a", "b", "c"] {
             let kept = intersect(&first[id], &g.target[id]);
             assert!(
@@ -877,11 +938,51 @@ mod tests {
     }
 
     #[test]
+    fn a_regex_subscription_follows_the_topics_that_match() {
+        let now = Instant::now();
+        let mut g = ConsumerGroup::new("g");
+        let mut req = join("a");
+        req.subscribed_topic_names = None;
+        req.subscribed_topic_regex = Some("ord.*".into());
+        let r = g.heartbeat(&req, &settings(), &counts(), now);
+        assert_eq!(r.error_code, 0);
+        // Whole names only: "ord.*" matches "orders", not "other".
+        assert_eq!(
+            g.subscribed_topics(),
+            BTreeSet::from(["orders".to_string()])
+        );
+        let got = from_owned(&r.assignment.unwrap());
+        assert_eq!(parts(&got).len(), 6);
+        // A new matching topic appears: the next heartbeat takes it in.
+        let mut more = counts();
+        more.insert("ordinals".into(), 3);
+        let r = g.heartbeat(&beat("a", r.member_epoch, &got), &settings(), &more, now);
+        let got = from_owned(&r.assignment.unwrap());
+        assert_eq!(got.get("ordinals").map(BTreeSet::len), Some(3));
+        // The pattern survives a snapshot.
+        let back = ConsumerGroup::restore("g", g.snapshot(), now);
+        assert_eq!(
+            back.members["a"]
+                .regex
+                .as_ref()
+                .map(|r| unanchored(r.as_str())),
+            Some("ord.*")
+        );
+        // A broken pattern is refused with Kafka's code.
+        let mut bad = join("b");
+        bad.subscribed_topic_regex = Some("(".into());
+        assert_eq!(
+            g.heartbeat(&bad, &settings(), &counts(), now).error_code,
+            codes::INVALID_REGULAR_EXPRESSION
+        );
+    }
+
+    #[test]
     fn a_snapshot_restores_epochs_and_assignments() {
         let now = Instant::now();
         let mut g = ConsumerGroup::new("g");
         let mut owned = BTreeMap::new();
-        let r = g.heartbeat(&join("a"), &settings(), &counts, now);
+        let r = g.heartbeat(&join("a"), &settings(), &counts(), now);
         owned.insert(
             "a".to_string(),
             (r.member_epoch, from_owned(&r.assignment.unwrap())),
@@ -889,7 +990,7 @@ mod tests {
         settle(&mut g, &mut owned, now);
         let mut back = ConsumerGroup::restore("g", g.snapshot(), now);
         let (e, a) = owned["a"].clone();
-        let r = back.heartbeat(&beat("a", e, &a), &settings(), &counts, now);
+        let r = back.heartbeat(&beat("a", e, &a), &settings(), &counts(), now);
         assert_eq!((r.error_code, r.member_epoch), (0, e));
         assert_eq!(back.members["a"].assigned, a);
     }

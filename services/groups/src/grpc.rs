@@ -280,12 +280,9 @@ impl GroupsService for GroupsGrpc {
             return Ok(Response::new(fail(code::INVALID_GROUP_ID)));
         }
         match self.node.shard_for(&req.group_id) {
-            Ok(shard) => {
-                let node = self.node.clone();
-                Ok(Response::new(
-                    shard.consumer_heartbeat(&req, &|t| node.partition_count(t)),
-                ))
-            }
+            Ok(shard) => Ok(Response::new(
+                shard.consumer_heartbeat(&req, &self.node.topics()),
+            )),
             Err(c) => Ok(Response::new(fail(c))),
         }
     }

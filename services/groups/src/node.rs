@@ -148,12 +148,17 @@ impl GroupsNode {
         )
     }
 
-    /// A topic's partition count, if it exists.
-    pub fn partition_count(&self, topic: &str) -> Option<i32> {
+    /// Every topic a consumer may subscribe to, with its partition count
+    /// (internal topics, `__*`, left out as Kafka leaves them out of
+    /// pattern subscriptions).
+    pub fn topics(&self) -> crate::consumer_group::Topics {
         self.watcher
             .current()
-            .topic(topic)
-            .map(|t| t.record.partitions)
+            .topics
+            .iter()
+            .filter(|(name, _)| !name.starts_with("__"))
+            .map(|(name, t)| (name.clone(), t.record.partitions))
+            .collect()
     }
 
     /// Whether a topic partition exists (offsets are only taken for those).

@@ -246,7 +246,7 @@ impl Shard {
     pub fn consumer_heartbeat(
         &self,
         req: &pb::ConsumerGroupHeartbeatRequest,
-        partition_counts: &dyn Fn(&str) -> Option<i32>,
+        topics: &crate::consumer_group::Topics,
     ) -> pb::ConsumerGroupHeartbeatResponse {
         let fail = |c: i32, m: &str| pb::ConsumerGroupHeartbeatResponse {
             error_code: c,
@@ -278,7 +278,7 @@ impl Shard {
         let Some(group) = state.consumer_groups.get_mut(&req.group_id) else {
             return fail(code::UNKNOWN_MEMBER_ID, "unknown group");
         };
-        let resp = group.heartbeat(req, &self.consumer, partition_counts, Instant::now());
+        let resp = group.heartbeat(req, &self.consumer, topics, Instant::now());
         self.persist_dirty(&mut state);
         resp
     }

@@ -16,10 +16,9 @@
 //!
 //! Versions: v0 lets the coordinator choose the member id of a joining
 //! member (empty member id); v1 (KIP-1082) has the client generate it, so an
-//! empty one is an invalid request, and adds `SubscribedTopicRegex`.
-//! Regular-expression subscriptions are not served yet: a heartbeat that
-//! sets a non-empty regex gets INVALID_REQUEST saying so (an empty regex is
-//! Kafka's "no regex" and is ignored).
+//! empty one is an invalid request, and adds `SubscribedTopicRegex` (RE2
+//! syntax, whole topic names), which the groups service resolves against
+//! the topics as they come and go; null means unchanged, empty means none.
 
 use std::collections::HashMap;
 
@@ -86,19 +85,6 @@ fn heartbeat_request(
             "MemberId can't be empty.",
         ));
     }
-    if version >= 1
-        && let Some(regex) = &req.subscribed_topic_regex
-        && !regex.is_empty()
-    {
-        return Err(KafkaError::new(
-            code::INVALID_REQUEST,
-            format!(
-                "regular-expression subscriptions (SubscribedTopicRegex {:?}) are not supported \
-                 yet; subscribe to topic names",
-                regex.as_str()
-            ),
-        ));
-    }
     let owned = req
         .topic_partitions
         .as_ref()
@@ -133,6 +119,11 @@ fn heartbeat_request(
         owned,
         client_id,
         client_host,
+        subscribed_topic_regex: if version >= 1 {
+            opt_string(&req.subscribed_topic_regex)
+        } else {
+            None
+        },
     })
 }
 
@@ -378,26 +369,6 @@ mod tests {
         assert_eq!(e.code, code::INVALID_GROUP_ID);
     }
 
-    #[test]
-    fn regex_subscriptions_are_refused() {
-        let topics = TopicIds::new(&metadata());
-        let req = wire(
-            &request(1).with_subscribed_topic_regex(Some(str_bytes("orders.*"))),
-            1,
-        );
-        let e = heartbeat_request(&req, 1, &topics, String::new(), String::new()).unwrap_err();
-        assert_eq!(e.code, code::INVALID_REQUEST);
-        assert!(e.message.contains("not supported"), "{}", e.message);
-        // The answer carries the error and keeps the member id.
-        for v in 0..=1 {
-            let r = wire(&heartbeat_error(&req, &e), v);
-            assert_eq!((r.error_code, r.member_epoch), (42, -1));
-            assert_eq!(r.member_id.as_deref(), Some("m-1"));
-            assert!(r.error_message.unwrap().contains("regular-expression"));
-            assert!(r.assignment.is_none());
-        }
-    }
-
     fn answer(assignment: Option<pb::OwnedPartitions>) -> pb::ConsumerGroupHeartbeatResponse {
         pb::ConsumerGroupHeartbeatResponse {
             error_code: 0,
@@ -407,6 +378,21 @@ mod tests {
             heartbeat_interval_ms: 500,
             assignment,
         }
+    }
+
+    #[test]
+    fn regex_subscriptions_are_passed_on() {
+        let topics = TopicIds::new(&metadata());
+        let req = wire(
+            &request(1).with_subscribed_topic_regex(Some(str_bytes("orders.*"))),
+            1,
+        );
+        let r = heartbeat_request(&req, 1, &topics, String::new(), String::new()).unwrap();
+        assert_eq!(r.subscribed_topic_regex.as_deref(), Some("orders.*"));
+        // Null stays "unchanged"; v0 has no regex at all.
+        let plain = wire(&request(1).with_subscribed_topic_regex(None), 1);
+        let r = heartbeat_request(&plain, 1, &topics, String::new(), String::new()).unwrap();
+        assert_eq!(r.subscribed_topic_regex, None);
     }
 
     #[test]
