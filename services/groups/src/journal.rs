@@ -183,6 +183,9 @@ pub struct Journal {
     pub watcher: std::sync::Arc<MetadataWatcher>,
     pub pool: runnel_rpc::ChannelPool,
     pub timeout: Duration,
+    /// This groups node: appends are refused once the metadata says another
+    /// node (or none) owns the shard.
+    pub node_id: i32,
 }
 
 /// A failed journal operation, as the Kafka code to answer with.
@@ -225,6 +228,22 @@ impl Journal {
 
     /// Appends the changes as one batch with `acks=all`; Ok once durable.
     pub async fn append(&self, shard: i32, changes: &[Change]) -> Result<(), JournalError> {
+        // A node that lost the shard (its lease lapsed, or it handed the
+        // shard over) must not write behind the new owner's back. This
+        // narrows the window to the metadata watch's delay; it is not a
+        // fence at the storage node.
+        let owner = self
+            .watcher
+            .current()
+            .group_shards
+            .get(&shard)
+            .map(|o| o.node_id);
+        if owner != Some(self.node_id) {
+            return Err(JournalError {
+                code: code::NOT_COORDINATOR,
+                message: format!("shard {shard} is no longer owned by node {}", self.node_id),
+            });
+        }
         let now = runnel_cluster::now_ms();
         let records: Vec<PlainRecord> = changes
             .iter()

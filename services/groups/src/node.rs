@@ -84,6 +84,7 @@ impl GroupsNode {
             watcher: watcher.clone(),
             pool: runnel_rpc::ChannelPool::new(),
             timeout: Duration::from_secs(15),
+            node_id: me.node_id,
         };
         GroupsNode {
             config,
