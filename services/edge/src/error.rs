@@ -81,6 +81,7 @@ pub mod code {
     pub const NOT_COORDINATOR: i16 = 16;
     pub const INVALID_TOPIC_EXCEPTION: i16 = 17;
     pub const NOT_ENOUGH_REPLICAS: i16 = 19;
+    pub const NOT_ENOUGH_REPLICAS_AFTER_APPEND: i16 = 20;
     pub const INVALID_REQUIRED_ACKS: i16 = 21;
     pub const ILLEGAL_GENERATION: i16 = 22;
     pub const INCONSISTENT_GROUP_PROTOCOL: i16 = 23;
@@ -98,6 +99,8 @@ pub mod code {
     pub const NOT_CONTROLLER: i16 = 41;
     pub const INVALID_REQUEST: i16 = 42;
     pub const POLICY_VIOLATION: i16 = 44;
+    pub const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = 45;
+    pub const INVALID_PRODUCER_EPOCH: i16 = 47;
     pub const TRANSACTIONAL_ID_AUTHORIZATION_FAILED: i16 = 53;
     pub const KAFKA_STORAGE_ERROR: i16 = 56;
     pub const NON_EMPTY_GROUP: i16 = 68;
@@ -133,6 +136,10 @@ pub fn from_runnel(error: i32) -> i16 {
         Ok(ErrorCode::NotEnoughReplicas) => code::NOT_ENOUGH_REPLICAS,
         Ok(ErrorCode::FencedLeaderEpoch) => code::FENCED_LEADER_EPOCH,
         Ok(ErrorCode::InvalidRequiredAcks) => code::INVALID_REQUIRED_ACKS,
+        Ok(ErrorCode::UnknownLeaderEpoch) => code::UNKNOWN_LEADER_EPOCH,
+        Ok(ErrorCode::NotEnoughReplicasAfterAppend) => code::NOT_ENOUGH_REPLICAS_AFTER_APPEND,
+        Ok(ErrorCode::OutOfOrderSequenceNumber) => code::OUT_OF_ORDER_SEQUENCE_NUMBER,
+        Ok(ErrorCode::InvalidProducerEpoch) => code::INVALID_PRODUCER_EPOCH,
         Ok(ErrorCode::UnknownServerError) | Err(_) => code::UNKNOWN_SERVER_ERROR,
     }
 }
@@ -168,6 +175,9 @@ pub fn name(code: i16) -> &'static str {
         code::NOT_COORDINATOR => "NOT_COORDINATOR",
         code::INVALID_TOPIC_EXCEPTION => "INVALID_TOPIC_EXCEPTION",
         code::NOT_ENOUGH_REPLICAS => "NOT_ENOUGH_REPLICAS",
+        code::NOT_ENOUGH_REPLICAS_AFTER_APPEND => "NOT_ENOUGH_REPLICAS_AFTER_APPEND",
+        code::OUT_OF_ORDER_SEQUENCE_NUMBER => "OUT_OF_ORDER_SEQUENCE_NUMBER",
+        code::INVALID_PRODUCER_EPOCH => "INVALID_PRODUCER_EPOCH",
         code::INVALID_REQUIRED_ACKS => "INVALID_REQUIRED_ACKS",
         code::ILLEGAL_GENERATION => "ILLEGAL_GENERATION",
         code::INCONSISTENT_GROUP_PROTOCOL => "INCONSISTENT_GROUP_PROTOCOL",
@@ -226,6 +236,10 @@ mod tests {
             (ErrorCode::NotEnoughReplicas, 19),
             (ErrorCode::FencedLeaderEpoch, 74),
             (ErrorCode::InvalidRequiredAcks, 21),
+            (ErrorCode::UnknownLeaderEpoch, 75),
+            (ErrorCode::NotEnoughReplicasAfterAppend, 20),
+            (ErrorCode::OutOfOrderSequenceNumber, 45),
+            (ErrorCode::InvalidProducerEpoch, 47),
             (ErrorCode::UnknownServerError, -1),
         ];
         for (runnel, kafka) in cases {

@@ -47,6 +47,9 @@ impl From<LogError> for PartitionError {
                 ErrorCode::KafkaStorageError
             }
             LogError::Internal(_) => ErrorCode::UnknownServerError,
+            LogError::FencedEpoch { .. } => ErrorCode::FencedLeaderEpoch,
+            // A follower's fetch got ahead of its log: it fetches again.
+            LogError::NotContiguous { .. } => ErrorCode::OffsetOutOfRange,
         };
         if code == ErrorCode::KafkaStorageError || code == ErrorCode::UnknownServerError {
             tracing::error!(error = %e, "storage failure");

@@ -29,6 +29,10 @@ pub enum LogError {
     InvalidTopic(String),
     #[error("invalid partition {0}")]
     InvalidPartition(i32),
+    #[error("leader epoch {epoch} is older than the log's latest epoch {latest}")]
+    FencedEpoch { epoch: i32, latest: i32 },
+    #[error("replicated batch starts at offset {got}, the log ends at {expected}")]
+    NotContiguous { expected: i64, got: i64 },
     #[error("internal error: {0}")]
     Internal(String),
 }

@@ -90,6 +90,7 @@
 //! indexes of sealed segments are not held in memory: they are binary
 //! searched on disk.
 
+mod epochs;
 mod error;
 mod files;
 mod manager;
@@ -103,6 +104,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use epochs::EpochCache;
 pub use error::LogError;
 pub use files::FileCache;
 pub use manager::{LogManager, LogManagerOptions, PartitionMeta};
@@ -148,6 +150,11 @@ pub struct LogConfig {
     pub retention_bytes: i64,
     /// Retention applies (`cleanup.policy` includes `delete`).
     pub delete: bool,
+    /// The partition has other replicas: the high watermark is what the
+    /// in-sync replicas all hold, set by the replication layer through
+    /// [`PartitionLog::set_high_watermark`], instead of following the
+    /// local durable end.
+    pub replicated: bool,
 }
 
 impl Default for LogConfig {
@@ -162,6 +169,7 @@ impl Default for LogConfig {
             retention_ms: -1,
             retention_bytes: -1,
             delete: true,
+            replicated: false,
         }
     }
 }

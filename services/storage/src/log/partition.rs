@@ -16,6 +16,7 @@ use runnel_records::batch::{self, BatchHeader, HEADER_LEN};
 use runnel_records::build::decode_records;
 use tokio::sync::watch;
 
+use super::epochs::EpochCache;
 use super::files::FileCache;
 use super::segment::{
     self, ChunkReader, IndexBuilder, LOG_EXT, MAX_SEGMENT_BYTES, NO_TIMESTAMP, segment_path,
@@ -66,7 +67,14 @@ struct Inner {
     /// durable) oldest first.
     retention_lock: Mutex<()>,
     log_end: AtomicI64,
+    /// The end of the data this replica may count as its own: durable per
+    /// the flush policy. The high watermark follows it unless the log is
+    /// replicated.
+    local_end: AtomicI64,
+    local_tx: watch::Sender<i64>,
     high_watermark: AtomicI64,
+    /// Where each leader epoch's data starts.
+    epochs: Mutex<EpochCache>,
     /// Offset below which everything is known to be fsynced.
     flushed: AtomicI64,
     hw_tx: watch::Sender<i64>,
@@ -172,6 +180,55 @@ struct Cursor {
     size: u64,
     end: i64,
     rolling_base_ms: Option<i64>,
+}
+
+/// How an append treats its batches.
+#[derive(Debug, Clone, Copy)]
+enum Stamp {
+    /// The leader's append: assign offsets, stamp this leader epoch.
+    Leader(i32),
+    /// A follower's copy of the leader's batches: keep them as they are.
+    Replica,
+}
+
+/// The epoch cache from its checkpoint, or rebuilt from the batch headers
+/// of every segment when the checkpoint is missing or unreadable (data
+/// written before epochs were tracked, or a damaged file).
+fn load_epochs(
+    dir: &Path,
+    segments: &BTreeMap<i64, SegmentInfo>,
+    files: &FileCache,
+    log_end: i64,
+) -> Result<EpochCache, LogError> {
+    match EpochCache::load(dir, log_end) {
+        Ok(Some(cache)) => return Ok(cache),
+        Ok(None) => {}
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "rebuilding an unreadable leader epoch checkpoint")
+        }
+    }
+    let mut cache = EpochCache::default();
+    for seg in segments.values() {
+        let path = segment_path(dir, seg.base, LOG_EXT);
+        let file = files
+            .open(&path, true)
+            .map_err(LogError::io_path("open", &path))?;
+        let mut reader = ChunkReader::new(&file, seg.size, HEADER_SCAN_CHUNK);
+        let mut pos = 0;
+        while let Some(Ok(h)) = reader
+            .header(pos)
+            .map_err(LogError::io_path("read", &path))?
+        {
+            cache.assign(h.partition_leader_epoch, h.base_offset);
+            pos += h.total_len() as u64;
+        }
+    }
+    if cache.latest_epoch().is_some() {
+        cache
+            .store(dir)
+            .map_err(LogError::io_path("write epoch checkpoint", dir))?;
+    }
+    Ok(cache)
 }
 
 /// One batch in the write buffer, to be indexed once written.
@@ -312,6 +369,8 @@ impl PartitionLog {
         let size_bytes = segments.values().map(|s| s.size).sum();
         let log_end = scanned.end_offset;
         let (hw_tx, _) = watch::channel(log_end);
+        let (local_tx, _) = watch::channel(log_end);
+        let epochs = load_epochs(dir, &segments, &files, log_end)?;
         let metrics = LogMetrics::new(topic, partition);
         metrics.start_offset.set(bases[0] as f64);
         metrics.end_offset.set(log_end as f64);
@@ -334,7 +393,10 @@ impl PartitionLog {
                 flush_lock: tokio::sync::Mutex::new(()),
                 retention_lock: Mutex::new(()),
                 log_end: AtomicI64::new(log_end),
+                local_end: AtomicI64::new(log_end),
+                local_tx,
                 high_watermark: AtomicI64::new(log_end),
+                epochs: Mutex::new(epochs),
                 flushed: AtomicI64::new(log_end),
                 hw_tx,
                 flush_scheduled: AtomicBool::new(false),
@@ -383,6 +445,38 @@ impl PartitionLog {
         self.inner.hw_tx.subscribe()
     }
 
+    /// The end of the data this replica holds durably (per the flush
+    /// policy): what a leader may count as written and a follower reports
+    /// as fetched.
+    pub fn local_end_offset(&self) -> i64 {
+        self.inner.local_end.load(Ordering::Acquire)
+    }
+
+    /// Watches [`Self::local_end_offset`] (wakes replica fetches on append).
+    pub fn subscribe_local(&self) -> watch::Receiver<i64> {
+        self.inner.local_tx.subscribe()
+    }
+
+    /// Raises the high watermark of a replicated log to `hw`, capped at the
+    /// local end (a replica never exposes what it does not hold).
+    pub fn set_high_watermark(&self, hw: i64) {
+        self.inner
+            .set_high_watermark(hw.min(self.local_end_offset()));
+    }
+
+    /// The newest leader epoch in the log.
+    pub fn latest_epoch(&self) -> Option<i32> {
+        self.inner.epochs.lock().latest_epoch()
+    }
+
+    /// Kafka's OffsetForLeaderEpoch for this log: the largest epoch `<=
+    /// epoch` it knows and where that epoch's data ends (see
+    /// [`EpochCache::end_offset_for`]).
+    pub fn end_offset_for_epoch(&self, epoch: i32) -> (i32, i64) {
+        let end = self.local_end_offset();
+        self.inner.epochs.lock().end_offset_for(epoch, end)
+    }
+
     /// How many times segment files were fsynced since the log was opened.
     pub fn fsync_count(&self) -> u64 {
         self.inner.fsyncs.load(Ordering::Relaxed)
@@ -405,7 +499,21 @@ impl PartitionLog {
         leader_epoch: i32,
     ) -> Result<AppendInfo, LogError> {
         let log = self.clone();
-        tokio::spawn(async move { log.append_inner(batches, leader_epoch).await })
+        tokio::spawn(async move { log.append_inner(batches, Stamp::Leader(leader_epoch)).await })
+            .await
+            .map_err(LogError::join)?
+    }
+
+    /// Appends batches a follower fetched from its leader, exactly as the
+    /// leader stored them (offsets, epochs and timestamps already stamped).
+    /// The first batch must start at the log end
+    /// ([`LogError::NotContiguous`] otherwise) and no batch may carry an
+    /// epoch older than the log's latest ([`LogError::FencedEpoch`]).
+    pub async fn append_replica(&self, records: Bytes) -> Result<AppendInfo, LogError> {
+        let batches = runnel_records::batch::Batches::validate_all(records)
+            .map_err(|e| LogError::InvalidBatch(e.to_string()))?;
+        let log = self.clone();
+        tokio::spawn(async move { log.append_inner(batches, Stamp::Replica).await })
             .await
             .map_err(LogError::join)?
     }
@@ -413,7 +521,7 @@ impl PartitionLog {
     async fn append_inner(
         &self,
         batches: Vec<(BatchHeader, Bytes)>,
-        leader_epoch: i32,
+        stamp: Stamp,
     ) -> Result<AppendInfo, LogError> {
         let config = self.config();
         if batches.is_empty() {
@@ -433,7 +541,12 @@ impl PartitionLog {
                     header.last_offset_delta
                 )));
             }
-            if bytes.len() > config.max_message_bytes || bytes.len() as u64 > MAX_SEGMENT_BYTES {
+            let limit = match stamp {
+                Stamp::Leader(_) => config.max_message_bytes,
+                // What the leader accepted is replicated whatever the limit.
+                Stamp::Replica => usize::MAX,
+            };
+            if bytes.len() > limit || bytes.len() as u64 > MAX_SEGMENT_BYTES {
                 return Err(LogError::MessageTooLarge {
                     size: bytes.len(),
                     max: config.max_message_bytes,
@@ -446,7 +559,7 @@ impl PartitionLog {
         let write_config = config.clone();
         let sync_now = config.flush == FlushPolicy::EveryAppend;
         let (base_offset, end, synced) = tokio::task::spawn_blocking(move || {
-            let written = inner.write_batches(batches, leader_epoch, now, &write_config);
+            let written = inner.write_batches(batches, stamp, now, &write_config);
             // The next append may write while this one waits for its fsync.
             drop(guard);
             let (base, end) = written?;
@@ -473,7 +586,8 @@ impl PartitionLog {
         Ok(AppendInfo {
             base_offset,
             last_offset: end - 1,
-            log_append_time_ms: config.log_append_time.then_some(now),
+            log_append_time_ms: (config.log_append_time && matches!(stamp, Stamp::Leader(_)))
+                .then_some(now),
         })
     }
 
@@ -521,8 +635,19 @@ impl PartitionLog {
     /// at the high watermark; `OffsetOutOfRange` outside
     /// `[log_start_offset, high_watermark]`. A read stops at a segment end.
     pub async fn read(&self, offset: i64, max_bytes: usize) -> Result<Bytes, LogError> {
+        self.read_below(offset, max_bytes, self.high_watermark())
+            .await
+    }
+
+    /// [`Self::read`] for a follower: up to the local end instead of the
+    /// high watermark.
+    pub async fn read_replica(&self, offset: i64, max_bytes: usize) -> Result<Bytes, LogError> {
+        self.read_below(offset, max_bytes, self.local_end_offset())
+            .await
+    }
+
+    async fn read_below(&self, offset: i64, max_bytes: usize, hw: i64) -> Result<Bytes, LogError> {
         self.inner.check_not_deleted()?;
-        let hw = self.high_watermark();
         let start = self.log_start_offset();
         if offset < start || offset > hw {
             return Err(LogError::OffsetOutOfRange {
@@ -579,6 +704,53 @@ impl PartitionLog {
         tokio::task::spawn_blocking(move || inner.enforce_retention(now_ms, &config))
             .await
             .map_err(LogError::join)?
+    }
+
+    /// Cuts the log back to end at `offset` (a follower dropping records
+    /// its new leader does not have). The cut falls on a batch boundary: a
+    /// batch holding `offset` goes too. An `offset` below the log start
+    /// empties the log and restarts it at `offset` (a follower behind its
+    /// leader's log start). Waits for appends in flight. Returns the new
+    /// log end. Crash-safe: newer segments go first, so a crash leaves a
+    /// valid, shorter log.
+    pub async fn truncate_to(&self, offset: i64) -> Result<i64, LogError> {
+        if offset < 0 {
+            return Err(LogError::Internal(format!(
+                "cannot truncate to offset {offset}"
+            )));
+        }
+        self.with_writes_stopped(move |inner| inner.truncate_blocking(offset))
+            .await
+    }
+
+    /// Empties the log and starts it again at `offset` (a follower whose
+    /// leader's log starts after this log ends).
+    pub async fn restart_at(&self, offset: i64) -> Result<i64, LogError> {
+        if offset < 0 {
+            return Err(LogError::Internal(format!(
+                "cannot restart at offset {offset}"
+            )));
+        }
+        self.with_writes_stopped(move |inner| inner.reset_to(offset))
+            .await
+    }
+
+    /// Runs `f` on a blocking thread with appends and fsyncs held off.
+    async fn with_writes_stopped(
+        &self,
+        f: impl FnOnce(&Inner) -> Result<i64, LogError> + Send + 'static,
+    ) -> Result<i64, LogError> {
+        let guard = self.inner.append_lock.clone().lock_owned().await;
+        self.inner.check_writable()?;
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let _appends = guard;
+            // No fsync may advance the local end past the cut meanwhile.
+            let _flush = inner.flush_lock.blocking_lock();
+            f(&inner)
+        })
+        .await
+        .map_err(LogError::join)?
     }
 
     /// Deletes the log and its directory. Waits for an append in flight;
@@ -882,6 +1054,209 @@ impl Inner {
         Ok(deleted)
     }
 
+    /// [`PartitionLog::truncate_to`], blocking, under the append and flush
+    /// locks.
+    fn truncate_blocking(&self, offset: i64) -> Result<i64, LogError> {
+        let log_end = self.log_end.load(Ordering::Acquire);
+        if offset >= log_end {
+            return Ok(log_end);
+        }
+        let (start, keep) = {
+            let state = self.state.lock();
+            let start = state.segments.first_key_value().map_or(0, |(b, _)| *b);
+            // The segment the new end falls in (the one before a segment
+            // starting exactly at `offset`).
+            let keep = state.segments.range(..offset).next_back().map(|(_, s)| *s);
+            (start, keep)
+        };
+        let keep = match keep {
+            Some(seg) if offset >= start => seg,
+            // Below the start (or at it): nothing is kept.
+            _ => return self.reset_to(offset),
+        };
+        // The batch boundary at or below `offset` within `keep`.
+        let (cut_pos, new_end) = if offset >= keep.end {
+            (keep.size, keep.end)
+        } else {
+            let (file, path) = self.open_log(keep.base, offset)?;
+            let mut reader = ChunkReader::new(&file, keep.size, HEADER_SCAN_CHUNK);
+            let mut pos = self.index_position(&keep, offset)?;
+            loop {
+                match reader
+                    .header(pos)
+                    .map_err(LogError::io_path("read", &path))?
+                {
+                    Some(Ok(h)) if h.next_offset() <= offset => pos += h.total_len() as u64,
+                    Some(Ok(h)) => break (pos, h.base_offset),
+                    None => break (pos, keep.end),
+                    Some(Err(e)) => return Err(LogError::corrupt(&path, e)),
+                }
+            }
+        };
+        // Newest segments first; each removal durable before the next.
+        let later: Vec<i64> = {
+            let state = self.state.lock();
+            state
+                .segments
+                .range(keep.base + 1..)
+                .map(|(b, _)| *b)
+                .rev()
+                .collect()
+        };
+        for base in later {
+            for ext in [LOG_EXT, segment::INDEX_EXT, segment::TIME_INDEX_EXT] {
+                let path = segment_path(&self.dir, base, ext);
+                self.files.evict(&path);
+                match fs::remove_file(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(LogError::io_path("delete", &path)(e)),
+                }
+            }
+            segment::sync_dir(&self.dir).map_err(LogError::io_path("fsync", &self.dir))?;
+            let mut state = self.state.lock();
+            if let Some(seg) = state.segments.remove(&base) {
+                state.size_bytes -= seg.size;
+            }
+        }
+        // `keep` is the active segment again: its sealed indexes go, its
+        // tail is cut and its in-memory indexes rebuilt by a scan.
+        for ext in [segment::INDEX_EXT, segment::TIME_INDEX_EXT] {
+            let path = segment_path(&self.dir, keep.base, ext);
+            self.files.evict(&path);
+            let _ = fs::remove_file(&path);
+        }
+        let path = self.log_path(keep.base);
+        let file = self
+            .files
+            .open(&path, true)
+            .map_err(LogError::io_path("open", &path))?;
+        file.set_len(cut_pos)
+            .map_err(LogError::io_path("truncate", &path))?;
+        self.timed_sync(&file, &path)?;
+        let config = self.config.read().clone();
+        let scanned = segment::scan_segment(&file, keep.base, config.index_interval_bytes)
+            .map_err(LogError::io_path("scan", &path))?;
+        if scanned.end_offset != new_end || scanned.valid_len != cut_pos {
+            let why = format!(
+                "truncation to {new_end} left a segment ending at {} ({:?})",
+                scanned.end_offset, scanned.stopped
+            );
+            self.fail(why.clone());
+            return Err(LogError::corrupt(&path, why));
+        }
+        {
+            let mut state = self.state.lock();
+            let indexes = scanned.indexes;
+            state.size_bytes = state.size_bytes - keep.size + cut_pos;
+            state.segments.insert(
+                keep.base,
+                SegmentInfo {
+                    base: keep.base,
+                    end: new_end,
+                    size: cut_pos,
+                    max_timestamp: indexes.max_timestamp,
+                    max_timestamp_offset: indexes.max_timestamp_offset,
+                },
+            );
+            state.active = ActiveSegment {
+                indexes,
+                rolling_base_ms: scanned.first_timestamp.map(|t| t.clamp(0, now_ms())),
+            };
+            self.metrics.size_bytes.set(state.size_bytes as f64);
+        }
+        self.lower_ends(new_end)?;
+        tracing::info!(dir = %self.dir.display(), from = log_end, to = new_end, "log truncated");
+        Ok(new_end)
+    }
+
+    /// Empties the log and starts it again at `offset`.
+    fn reset_to(&self, offset: i64) -> Result<i64, LogError> {
+        let bases: Vec<i64> = self.state.lock().segments.keys().rev().copied().collect();
+        let new_path = self.log_path(offset);
+        // The new (empty) segment first: a crash then leaves either the old
+        // log or a log starting at `offset`.
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&new_path)
+            .map_err(LogError::io_path("create", &new_path))?;
+        for base in bases.into_iter().filter(|&b| b != offset) {
+            for ext in [LOG_EXT, segment::INDEX_EXT, segment::TIME_INDEX_EXT] {
+                let path = segment_path(&self.dir, base, ext);
+                self.files.evict(&path);
+                match fs::remove_file(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(LogError::io_path("delete", &path)(e)),
+                }
+            }
+        }
+        self.files.insert(&new_path, Arc::new(file));
+        segment::sync_dir(&self.dir).map_err(LogError::io_path("fsync", &self.dir))?;
+        {
+            let mut state = self.state.lock();
+            state.segments.clear();
+            state.segments.insert(offset, SegmentInfo::empty(offset));
+            state.active = ActiveSegment {
+                indexes: IndexBuilder::new(),
+                rolling_base_ms: None,
+            };
+            state.size_bytes = 0;
+            self.metrics.size_bytes.set(0.0);
+        }
+        self.metrics.start_offset.set(offset as f64);
+        // The ends may move up (a follower jumping to its leader's start)
+        // or down.
+        self.log_end.store(offset, Ordering::Release);
+        self.local_end.store(offset, Ordering::Release);
+        self.flushed.store(offset, Ordering::Release);
+        self.high_watermark.store(offset, Ordering::Release);
+        self.local_tx.send_replace(offset);
+        self.hw_tx.send_replace(offset);
+        self.metrics.end_offset.set(offset as f64);
+        let mut epochs = self.epochs.lock();
+        *epochs = EpochCache::default();
+        epochs
+            .store(&self.dir)
+            .map_err(LogError::io_path("write epoch checkpoint", &self.dir))?;
+        tracing::info!(dir = %self.dir.display(), offset, "log emptied and restarted");
+        Ok(offset)
+    }
+
+    /// Moves every end marker down to `end` after a truncation, and the
+    /// epoch cache with them.
+    fn lower_ends(&self, end: i64) -> Result<(), LogError> {
+        for marker in [
+            &self.log_end,
+            &self.local_end,
+            &self.flushed,
+            &self.high_watermark,
+        ] {
+            marker.fetch_min(end, Ordering::AcqRel);
+        }
+        self.local_tx.send_if_modified(|v| {
+            let lower = *v > end;
+            *v = (*v).min(end);
+            lower
+        });
+        self.hw_tx.send_if_modified(|v| {
+            let lower = *v > end;
+            *v = (*v).min(end);
+            lower
+        });
+        self.metrics.end_offset.set(end as f64);
+        let mut epochs = self.epochs.lock();
+        if epochs.truncate_from_end(end) {
+            epochs
+                .store(&self.dir)
+                .map_err(LogError::io_path("write epoch checkpoint", &self.dir))?;
+        }
+        Ok(())
+    }
+
     /// `OffsetOutOfRange` for `requested` against the log as it is now.
     fn out_of_range(&self, requested: i64) -> LogError {
         let start = self
@@ -920,6 +1295,41 @@ impl Inner {
         }
     }
 
+    /// Makes sure the epoch cache knows that `epoch` starts no later than
+    /// `start` (written durably before the epoch's first batch); refuses an
+    /// epoch older than the latest.
+    fn note_epoch(&self, epoch: i32, start: i64) -> Result<(), LogError> {
+        let mut epochs = self.epochs.lock();
+        match epochs.latest_epoch() {
+            Some(latest) if epoch < latest => Err(LogError::FencedEpoch { epoch, latest }),
+            Some(latest) if epoch == latest => Ok(()),
+            _ => {
+                epochs.assign(epoch, start);
+                epochs
+                    .store(&self.dir)
+                    .map_err(LogError::io_path("write epoch checkpoint", &self.dir))
+            }
+        }
+    }
+
+    /// The local end moved to `end` (written, or fsynced, per the flush
+    /// policy); without replication that is the high watermark too.
+    fn advance_local_end(&self, end: i64) {
+        let previous = self.local_end.fetch_max(end, Ordering::AcqRel);
+        if end > previous {
+            self.local_tx.send_if_modified(|v| {
+                let grew = end > *v;
+                if grew {
+                    *v = end;
+                }
+                grew
+            });
+        }
+        if !self.config.read().replicated {
+            self.set_high_watermark(end);
+        }
+    }
+
     fn set_high_watermark(&self, hw: i64) {
         let previous = self.high_watermark.fetch_max(hw, Ordering::AcqRel);
         if hw > previous {
@@ -939,7 +1349,7 @@ impl Inner {
     fn write_batches(
         &self,
         batches: Vec<(BatchHeader, Bytes)>,
-        leader_epoch: i32,
+        stamp: Stamp,
         now: i64,
         config: &LogConfig,
     ) -> Result<(i64, i64), LogError> {
@@ -956,6 +1366,9 @@ impl Inner {
             }
         };
         let first_offset = cursor.end;
+        if let Stamp::Leader(epoch) = stamp {
+            self.note_epoch(epoch, first_offset)?;
+        }
         let mut buf = Vec::with_capacity(batches.iter().map(|(_, b)| b.len()).sum());
         let mut pending = Vec::with_capacity(batches.len());
         for (header, bytes) in &batches {
@@ -974,14 +1387,28 @@ impl Inner {
             }
             let start = buf.len();
             buf.extend_from_slice(bytes);
-            let stamped = &mut buf[start..];
-            batch::set_base_offset(stamped, cursor.end);
-            batch::set_partition_leader_epoch(stamped, leader_epoch);
-            let max_timestamp = if config.log_append_time {
-                batch::set_log_append_time(stamped, header, now);
-                now
-            } else {
-                header.max_timestamp
+            let max_timestamp = match stamp {
+                Stamp::Leader(epoch) => {
+                    let stamped = &mut buf[start..];
+                    batch::set_base_offset(stamped, cursor.end);
+                    batch::set_partition_leader_epoch(stamped, epoch);
+                    if config.log_append_time {
+                        batch::set_log_append_time(stamped, header, now);
+                        now
+                    } else {
+                        header.max_timestamp
+                    }
+                }
+                Stamp::Replica => {
+                    if header.base_offset != cursor.end {
+                        return Err(LogError::NotContiguous {
+                            expected: cursor.end,
+                            got: header.base_offset,
+                        });
+                    }
+                    self.note_epoch(header.partition_leader_epoch, cursor.end)?;
+                    header.max_timestamp
+                }
             };
             cursor.rolling_base_ms.get_or_insert(now);
             pending.push(PendingBatch {
@@ -994,7 +1421,7 @@ impl Inner {
         }
         self.commit(&mut cursor, &mut buf, &mut pending, config)?;
         if config.flush != FlushPolicy::EveryAppend {
-            self.set_high_watermark(cursor.end);
+            self.advance_local_end(cursor.end);
         }
         Ok((first_offset, cursor.end))
     }
@@ -1160,7 +1587,7 @@ impl Inner {
             .map_err(LogError::io_path("open", &path))?;
         self.timed_sync(&file, &path)?;
         self.flushed.fetch_max(end, Ordering::AcqRel);
-        self.set_high_watermark(end);
+        self.advance_local_end(end);
         Ok(())
     }
 
@@ -1511,7 +1938,7 @@ mod tests {
         let (_, end) = inner
             .write_batches(
                 vec![batch(&[30, 99])],
-                0,
+                Stamp::Leader(0),
                 now_ms(),
                 &LogConfig {
                     flush: FlushPolicy::EveryAppend,

@@ -1197,3 +1197,121 @@ mod retention {
         assert_eq!(segments_on_disk(dir.path()).first().unwrap().0, start);
     }
 }
+
+/// A replicated log: the high watermark waits for the replication layer.
+fn replicated(config: LogConfig) -> LogConfig {
+    LogConfig {
+        replicated: true,
+        ..config
+    }
+}
+
+#[tokio::test]
+async fn replicated_logs_expose_only_what_the_high_watermark_allows() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = PartitionLog::open(dir.path(), replicated(LogConfig::default())).unwrap();
+    let info = log.append(vec![batch_of(3, 1_000, "a")], 1).await.unwrap();
+    assert_eq!((info.base_offset, info.last_offset), (0, 2));
+    assert_eq!(log.local_end_offset(), 3);
+    assert_eq!(log.high_watermark(), 0, "no replica has acknowledged yet");
+    assert!(log.read(0, 1 << 20).await.unwrap().is_empty());
+    assert_eq!(split(log.read_replica(0, 1 << 20).await.unwrap()).len(), 1);
+    log.set_high_watermark(10);
+    assert_eq!(log.high_watermark(), 3, "capped at the local end");
+    assert_eq!(split(log.read(0, 1 << 20).await.unwrap()).len(), 1);
+}
+
+#[tokio::test]
+async fn followers_copy_batches_and_epochs_and_truncate_divergent_tails() {
+    let leader_dir = tempfile::tempdir().unwrap();
+    let follower_dir = tempfile::tempdir().unwrap();
+    let leader = PartitionLog::open(leader_dir.path(), small_segments()).unwrap();
+    let follower = PartitionLog::open(follower_dir.path(), replicated(small_segments())).unwrap();
+    for (i, epoch) in [(0, 1), (1, 1), (2, 3), (3, 3), (4, 3)] {
+        leader
+            .append(vec![batch_of(4, 1_000 + i, &format!("b{i}"))], epoch)
+            .await
+            .unwrap();
+    }
+    assert_eq!(leader.end_offset_for_epoch(1), (1, 8));
+    assert_eq!(leader.end_offset_for_epoch(2), (1, 8));
+    assert_eq!(leader.end_offset_for_epoch(3), (3, 20));
+    // Copy everything across, as a follower's fetches would.
+    let mut offset = 0;
+    while offset < leader.log_end_offset() {
+        let chunk = leader.read_replica(offset, 500).await.unwrap();
+        let info = follower.append_replica(chunk).await.unwrap();
+        offset = info.last_offset + 1;
+    }
+    assert_eq!(follower.local_end_offset(), 20);
+    assert_eq!(follower.end_offset_for_epoch(3), (3, 20));
+    assert_eq!(follower.latest_epoch(), Some(3));
+    // Out of place or stale data is refused.
+    let again = leader.read_replica(0, 100).await.unwrap();
+    assert!(matches!(
+        follower.append_replica(again).await,
+        Err(LogError::NotContiguous {
+            expected: 20,
+            got: 0
+        })
+    ));
+    assert!(matches!(
+        follower.append(vec![batch_of(1, 5, "old")], 2).await,
+        Err(LogError::FencedEpoch {
+            epoch: 2,
+            latest: 3
+        })
+    ));
+
+    // The follower diverges (epoch 4 it alone wrote), then truncates to
+    // where the new leader says epoch 3 ended.
+    follower.append(vec![batch_of(2, 9, "x")], 4).await.unwrap();
+    follower.append(vec![batch_of(2, 9, "y")], 4).await.unwrap();
+    assert_eq!(follower.local_end_offset(), 24);
+    follower.set_high_watermark(22);
+    assert_eq!(
+        follower.truncate_to(21).await.unwrap(),
+        20,
+        "cut at a batch boundary"
+    );
+    assert_eq!(follower.log_end_offset(), 20);
+    assert_eq!(follower.high_watermark(), 20);
+    assert_eq!(follower.latest_epoch(), Some(3));
+    // Across a segment boundary, and the result survives a reopen.
+    assert_eq!(follower.truncate_to(6).await.unwrap(), 4);
+    drop(follower);
+    let follower = PartitionLog::open(follower_dir.path(), replicated(small_segments())).unwrap();
+    assert_eq!(follower.log_end_offset(), 4);
+    assert_eq!(follower.end_offset_for_epoch(3), (1, 4));
+    let chunk = leader.read_replica(4, 1 << 20).await.unwrap();
+    follower.append_replica(chunk).await.unwrap();
+    follower.set_high_watermark(20);
+    let mut got = Vec::new();
+    let mut offset = 0;
+    while offset < 20 {
+        let read = split(follower.read(offset, 1 << 20).await.unwrap());
+        let (h, b) = read.first().unwrap().clone();
+        for (h, _) in &read {
+            offset = h.next_offset();
+        }
+        got.push((h.base_offset, b.len()));
+    }
+    assert_eq!(got.first().map(|g| g.0), Some(0));
+    assert_eq!(follower.end_offset_for_epoch(3), (3, 20));
+}
+
+#[tokio::test]
+async fn a_follower_behind_its_leaders_log_start_restarts_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = PartitionLog::open(dir.path(), replicated(small_segments())).unwrap();
+    log.append(vec![batch_of(3, 1, "a")], 0).await.unwrap();
+    log.append(vec![batch_of(3, 2, "a")], 0).await.unwrap();
+    // Its leader's log starts at 100: the follower empties and starts there.
+    assert_eq!(log.restart_at(100).await.unwrap(), 100);
+    assert_eq!((log.log_start_offset(), log.log_end_offset()), (100, 100));
+    assert!(log.truncate_to(-1).await.is_err());
+    drop(log);
+    let log = PartitionLog::open(dir.path(), replicated(small_segments())).unwrap();
+    assert_eq!((log.log_start_offset(), log.log_end_offset()), (100, 100));
+    assert_eq!(log.latest_epoch(), None);
+}
