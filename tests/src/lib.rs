@@ -24,10 +24,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod acked;
 mod checks;
 mod inprocess;
 mod processes;
 
+pub use acked::*;
 pub use checks::*;
 pub use inprocess::{InProcessCluster, StorageNodeInfo};
 pub use processes::{ProcessCluster, ProcessSpec, Role, RoleKind, runnel_binary};

@@ -12,13 +12,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
-use runnel_client::{
-    Admin, ClientError, ConsumedRecord, NewTopic, Producer, Record, RecordMetadata,
-};
+use runnel_client::{Admin, ClientError, NewTopic, Producer, Record, RecordMetadata};
 use runnel_e2e::{
-    ProcessCluster, ProcessSpec, RoleKind, SOON, consume_all, eventually, http_get,
-    partition_leaders, scan_partition, wait_topic_ready,
+    ProcessCluster, ProcessSpec, RoleKind, SOON, check_acked_present, consume_all, eventually,
+    http_get, partition_leaders, produce_until, scan_partition, value_of, wait_topic_ready,
 };
 use runnel_proto::coordinator::v1 as coordinator_pb;
 use runnel_proto::coordinator::v1::coordinator_service_client::CoordinatorServiceClient;
@@ -34,60 +31,6 @@ use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 /// Long enough for a lease TTL (3 s here) to run out and the controller to
 /// act, with room for a loaded machine.
 const LEASE_WAIT: Duration = Duration::from_secs(40);
-
-fn value_of(i: usize) -> Bytes {
-    Bytes::from(format!("record-{i}"))
-}
-
-/// The produce-order number in a consumed value (`record-<i>`); panics on
-/// anything else, which would be garbage.
-fn index_of(r: &ConsumedRecord) -> usize {
-    let v = r.value.as_deref().unwrap_or_default();
-    std::str::from_utf8(v)
-        .ok()
-        .and_then(|s| s.strip_prefix("record-"))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| {
-            panic!(
-                "{}-{} holds a value nobody produced: {v:?}",
-                r.partition, r.offset
-            )
-        })
-}
-
-type Outcome = (usize, i32, Result<RecordMetadata, ClientError>);
-
-/// Produces to partitions `0..partitions` round robin until `stop`, then
-/// waits for every delivery. `counter` is the number of records sent so far.
-fn produce_until(
-    producer: Producer,
-    topic: &'static str,
-    partitions: i32,
-    stop: Arc<AtomicBool>,
-    counter: Arc<AtomicUsize>,
-) -> tokio::task::JoinHandle<Vec<Outcome>> {
-    tokio::spawn(async move {
-        let mut pending = Vec::new();
-        while !stop.load(Ordering::SeqCst) {
-            for _ in 0..20 {
-                let i = counter.fetch_add(1, Ordering::SeqCst);
-                let partition = (i % partitions as usize) as i32;
-                let record = Record {
-                    value: Some(value_of(i)),
-                    partition: Some(partition),
-                    ..Default::default()
-                };
-                pending.push((i, partition, producer.send(topic, record).await.unwrap()));
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        let mut outcomes = Vec::with_capacity(pending.len());
-        for (i, partition, delivery) in pending {
-            outcomes.push((i, partition, delivery.await));
-        }
-        outcomes
-    })
-}
 
 /// The newest segment (`<base offset>.log`) of a partition directory.
 fn newest_segment(partition_dir: &Path) -> PathBuf {
@@ -373,54 +316,6 @@ async fn acked_records_survive_kill_9_and_a_corrupt_tail() {
         assert_eq!(offsets, [end, end + 1, end + 2], "partition {p}");
     }
     check_acked_present(&coordinator, TOPIC, &acked_after).await;
-}
-
-/// Reads the whole topic (raw scan and native consumer) and checks every
-/// acknowledged record is at its acknowledged offset with its value, and
-/// that acknowledged records of a partition are in produce order. Returns
-/// what was consumed.
-async fn check_acked_present(
-    coordinator: &str,
-    topic: &str,
-    acked: &[(usize, RecordMetadata)],
-) -> BTreeMap<i32, Vec<ConsumedRecord>> {
-    let consumed = consume_all(coordinator, topic).await;
-    for (&p, records) in &consumed {
-        scan_partition(coordinator, topic, p).await;
-        for (k, r) in records.iter().enumerate() {
-            assert_eq!(r.offset, k as i64, "partition {p}: offsets without gaps");
-            let _ = index_of(r);
-        }
-    }
-    let mut last: BTreeMap<i32, (usize, i64)> = BTreeMap::new();
-    for (i, m) in acked {
-        let records = &consumed[&m.partition];
-        let r = records.get(m.offset as usize).unwrap_or_else(|| {
-            panic!(
-                "record {i} was acknowledged at {}-{} but the partition ends at {}",
-                m.partition,
-                m.offset,
-                records.len()
-            )
-        });
-        assert_eq!(
-            index_of(r),
-            *i,
-            "{}-{} holds another record than acknowledged",
-            m.partition,
-            m.offset
-        );
-        if let Some((prev_i, prev_offset)) = last.get(&m.partition) {
-            assert!(
-                prev_i < i && prev_offset < &m.offset,
-                "partition {}: record {i} at {} after record {prev_i} at {prev_offset}",
-                m.partition,
-                m.offset
-            );
-        }
-        last.insert(m.partition, (*i, m.offset));
-    }
-    consumed
 }
 
 async fn get_controller(address: &str) -> Result<coordinator_pb::GetControllerResponse, String> {

@@ -384,6 +384,7 @@ fn retriable(code: i32) -> bool {
         ErrorCode::LeaderNotAvailable,
         ErrorCode::RequestTimedOut,
         ErrorCode::NotEnoughReplicas,
+        ErrorCode::NotEnoughReplicasAfterAppend,
         ErrorCode::KafkaStorageError,
     ]
     .iter()

@@ -211,6 +211,9 @@ pub struct TopicConfig {
     pub log_append_time: bool,
     pub compact: bool,
     pub delete: bool,
+    /// A replica outside the ISR may lead when no ISR member is live
+    /// (losing what it lacks).
+    pub unclean_leader_election: bool,
 }
 
 impl Default for TopicConfig {
@@ -248,6 +251,7 @@ impl TopicConfig {
             log_append_time: get("message.timestamp.type") == "LogAppendTime",
             compact: policy.contains("compact"),
             delete: policy.contains("delete"),
+            unclean_leader_election: get("unclean.leader.election.enable") == "true",
         }
     }
 }

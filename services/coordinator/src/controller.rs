@@ -216,15 +216,11 @@ impl Controller {
                     }
                 }
             }
+            let unclean = topic.config.unclean_leader_election;
             for (&p, state) in &topic.partitions {
-                if let Some(next) = elect(state, &live) {
-                    tracing::info!(
-                        topic = %name, partition = p, old_leader = state.leader,
-                        new_leader = next.leader, epoch = next.leader_epoch,
-                        "partition leader changed"
-                    );
-                    metrics::counter!("runnel_leader_elections_total").increment(1);
-                    self.put_partition(name, p, &next).await?;
+                if elect(state, &live, unclean).is_some() {
+                    self.update_partition(name, p, |current| elect(current, &live, unclean))
+                        .await?;
                 }
                 if next_offline(state, &live) {
                     offline += 1;
@@ -241,6 +237,55 @@ impl Controller {
                 .await?;
         }
         Ok(())
+    }
+
+    /// Rewrites a partition record with `change` applied to its current
+    /// value, by compare-and-swap: a leader may change the ISR at the same
+    /// time, and neither write may undo the other.
+    async fn update_partition(
+        &self,
+        topic: &str,
+        partition: i32,
+        change: impl Fn(&PartitionRecord) -> Option<PartitionRecord>,
+    ) -> Result<(), CoordinatorError> {
+        let key = self.keys.partition(topic, partition);
+        loop {
+            let Some(kv) = self.store.get(&key).await? else {
+                return Ok(());
+            };
+            let Ok(current) = serde_json::from_slice::<PartitionRecord>(&kv.value) else {
+                tracing::warn!(%topic, partition, "unreadable partition record left alone");
+                return Ok(());
+            };
+            let Some(next) = change(&current) else {
+                return Ok(());
+            };
+            let value = Bytes::from(serde_json::to_vec(&next).unwrap_or_default());
+            match self
+                .store
+                .compare_and_swap(&key, kv.mod_revision, value, None)
+                .await?
+            {
+                CasOutcome::Swapped(_) => {
+                    if next.leader != current.leader || next.leader_epoch != current.leader_epoch {
+                        tracing::info!(
+                            %topic, partition, old_leader = current.leader,
+                            new_leader = next.leader, epoch = next.leader_epoch, isr = ?next.isr,
+                            "partition leader changed"
+                        );
+                        metrics::counter!("runnel_leader_elections_total").increment(1);
+                        if next.leader >= 0 && !current.isr.contains(&next.leader) {
+                            tracing::warn!(%topic, partition, leader = next.leader, "unclean leader election: records only the old in-sync replicas had are lost");
+                            metrics::counter!("runnel_unclean_leader_elections_total").increment(1);
+                        }
+                    } else {
+                        tracing::info!(%topic, partition, isr = ?next.isr, "dead replicas removed from the ISR");
+                    }
+                    return Ok(());
+                }
+                CasOutcome::Conflict(_) => continue,
+            }
+        }
     }
 
     async fn put_partition(
@@ -574,29 +619,48 @@ pub fn assign(md: &ClusterMetadata, partitions: i32, replication_factor: i32) ->
         .collect()
 }
 
-/// The new state of a partition if its leadership must change given the live
-/// nodes: a dead leader is replaced by the first live ISR member (or the
-/// partition goes offline); an offline partition gets a leader as soon as an
-/// ISR member is live. Every change bumps the leader epoch.
-pub fn elect(state: &PartitionRecord, live: &BTreeSet<i32>) -> Option<PartitionRecord> {
+/// The new state of a partition given the live nodes, if it must change:
+/// - dead followers leave the ISR (the leader keeps its place and epoch);
+/// - a dead leader is replaced by the first live ISR member, and the dead
+///   leave the ISR with it;
+/// - with no ISR member live the partition goes offline, keeping its last
+///   ISR (they hold everything committed) so that the first of them to
+///   return leads again — or, with `unclean` election, any live replica
+///   leads with an ISR of itself;
+/// - an offline partition gets a leader as soon as one of those is live.
+///
+/// Every leadership change bumps the leader epoch.
+pub fn elect(
+    state: &PartitionRecord,
+    live: &BTreeSet<i32>,
+    unclean: bool,
+) -> Option<PartitionRecord> {
     let leader_live = state.leader >= 0 && live.contains(&state.leader);
+    let live_isr: Vec<i32> = state
+        .isr
+        .iter()
+        .copied()
+        .filter(|n| live.contains(n))
+        .collect();
     if leader_live {
-        return None;
-    }
-    let candidate = state.isr.iter().copied().find(|n| live.contains(n));
-    match candidate {
-        Some(new_leader) => Some(PartitionRecord {
-            leader: new_leader,
-            leader_epoch: state.leader_epoch + 1,
+        return (live_isr.len() < state.isr.len()).then(|| PartitionRecord {
+            isr: live_isr,
             ..state.clone()
-        }),
-        None if state.leader >= 0 => Some(PartitionRecord {
-            leader: -1,
-            leader_epoch: state.leader_epoch + 1,
-            ..state.clone()
-        }),
-        None => None,
+        });
     }
+    let next = |leader: i32, isr: Vec<i32>| PartitionRecord {
+        leader,
+        leader_epoch: state.leader_epoch + 1,
+        replicas: state.replicas.clone(),
+        isr,
+    };
+    if let Some(&leader) = live_isr.first() {
+        return Some(next(leader, live_isr));
+    }
+    if unclean && let Some(&leader) = state.replicas.iter().find(|n| live.contains(n)) {
+        return Some(next(leader, vec![leader]));
+    }
+    (state.leader >= 0).then(|| next(-1, state.isr.clone()))
 }
 
 fn next_offline(state: &PartitionRecord, live: &BTreeSet<i32>) -> bool {
@@ -650,15 +714,46 @@ mod tests {
             isr: vec![1, 2],
         };
         let live: BTreeSet<i32> = [2].into();
-        let next = elect(&p, &live).unwrap();
-        assert_eq!((next.leader, next.leader_epoch), (2, 5));
+        let next = elect(&p, &live, false).unwrap();
+        assert_eq!(
+            (next.leader, next.leader_epoch, &next.isr),
+            (2, 5, &vec![2])
+        );
         let none: BTreeSet<i32> = BTreeSet::new();
-        let off = elect(&p, &none).unwrap();
+        let off = elect(&p, &none, false).unwrap();
         assert_eq!((off.leader, off.leader_epoch), (-1, 5));
-        assert_eq!(elect(&off, &none), None);
+        assert_eq!(off.isr, vec![1, 2], "the last ISR is kept while offline");
+        assert_eq!(elect(&off, &none, false), None);
         let back: BTreeSet<i32> = [1].into();
-        let again = elect(&off, &back).unwrap();
+        let again = elect(&off, &back, false).unwrap();
         assert_eq!((again.leader, again.leader_epoch), (1, 6));
-        assert_eq!(elect(&again, &back), None);
+        assert_eq!(again.isr, vec![1]);
+        assert_eq!(elect(&again, &back, false), None);
+    }
+
+    #[test]
+    fn dead_followers_leave_the_isr_and_unclean_election_is_opt_in() {
+        let p = PartitionRecord {
+            leader: 1,
+            leader_epoch: 2,
+            replicas: vec![1, 2, 3],
+            isr: vec![1, 2, 3],
+        };
+        let live: BTreeSet<i32> = [1, 3].into();
+        let next = elect(&p, &live, false).unwrap();
+        assert_eq!(
+            (next.leader, next.leader_epoch, &next.isr),
+            (1, 2, &vec![1, 3])
+        );
+        // Only node 2, out of the ISR, is live.
+        let isr_one = PartitionRecord {
+            isr: vec![1],
+            ..p.clone()
+        };
+        let only_2: BTreeSet<i32> = [2].into();
+        let clean = elect(&isr_one, &only_2, false).unwrap();
+        assert_eq!(clean.leader, -1);
+        let unclean = elect(&isr_one, &only_2, true).unwrap();
+        assert_eq!((unclean.leader, &unclean.isr), (2, &vec![2]));
     }
 }

@@ -13,7 +13,7 @@ use runnel_telemetry::RequestMetrics;
 use tonic::{Request, Response, Status};
 
 use crate::error::PartitionError;
-use crate::node::StorageNode;
+use crate::node::{LedPartition, StorageNode};
 
 /// Default per-partition fetch size when the caller sends none.
 const DEFAULT_PARTITION_FETCH_BYTES: usize = 1024 * 1024;
@@ -31,17 +31,219 @@ impl StorageGrpc {
     async fn append_one(
         &self,
         part: pb::PartitionBatches,
+        acks: i32,
     ) -> Result<crate::log::AppendInfo, PartitionError> {
         if part.partition < 0 {
             return Err(PartitionError::unknown(&part.topic, part.partition));
         }
-        let (log, epoch) = self.node.leader_log(&part.topic, part.partition).await?;
+        let led = self.node.led_partition(&part.topic, part.partition).await?;
+        let replicated = led.log.config().replicated;
+        if replicated {
+            if !self.node.lease_fresh() {
+                return Err(PartitionError::new(
+                    ErrorCode::NotLeaderOrFollower,
+                    "this node cannot confirm its cluster lease; it no longer acknowledges writes",
+                ));
+            }
+            if acks == -1 && (led.state.isr.len() as i32) < led.min_insync_replicas {
+                return Err(PartitionError::new(
+                    ErrorCode::NotEnoughReplicas,
+                    format!(
+                        "{}-{} has {} in-sync replicas {:?}, min.insync.replicas is {}",
+                        part.topic,
+                        part.partition,
+                        led.state.isr.len(),
+                        led.state.isr,
+                        led.min_insync_replicas
+                    ),
+                ));
+            }
+        }
         let batches = Batches::validate_all(part.batches)?;
         let bytes: usize = batches.iter().map(|(_, b)| b.len()).sum();
-        let info = log.append(batches, epoch).await?;
+        let info = led.log.append(batches, led.state.leader_epoch).await?;
+        self.node.replication.notify_appended();
         metrics::counter!("runnel_storage_appended_bytes_total", "topic" => part.topic.clone())
             .increment(bytes as u64);
+        if replicated {
+            self.node.replication.update_high_watermark(
+                &part.topic,
+                part.partition,
+                &led.state,
+                &led.log,
+            );
+            if acks == -1 {
+                self.wait_committed(&part.topic, part.partition, &led, info.last_offset)
+                    .await?;
+            }
+        }
         Ok(info)
+    }
+
+    /// `acks=all`: waits until every in-sync replica holds `last_offset`
+    /// (the high watermark passed it), while this node still leads.
+    async fn wait_committed(
+        &self,
+        topic: &str,
+        partition: i32,
+        led: &LedPartition,
+        last_offset: i64,
+    ) -> Result<(), PartitionError> {
+        let mut hw = led.log.subscribe();
+        loop {
+            let md = self.node.watcher.current();
+            let state = md.partition(topic, partition);
+            if led.log.high_watermark() > last_offset {
+                let isr = state.map_or(0, |s| s.isr.len()) as i32;
+                if isr < led.min_insync_replicas {
+                    return Err(PartitionError::new(
+                        ErrorCode::NotEnoughReplicasAfterAppend,
+                        format!(
+                            "written, but the in-sync replicas shrank to {isr}, below min.insync.replicas {}",
+                            led.min_insync_replicas
+                        ),
+                    ));
+                }
+                return Ok(());
+            }
+            let still_leader = state.is_some_and(|s| {
+                s.leader == self.node.node_id && s.leader_epoch == led.state.leader_epoch
+            });
+            if !still_leader {
+                return Err(PartitionError::new(
+                    ErrorCode::NotLeaderOrFollower,
+                    "leadership moved before every in-sync replica had the records",
+                ));
+            }
+            tokio::select! {
+                changed = hw.changed() => if changed.is_err() {
+                    return Err(PartitionError::unknown(topic, partition));
+                },
+                // The ISR or the leadership may change without an append.
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
+        }
+    }
+
+    /// The log a follower may copy: this node leads the partition at the
+    /// epoch the follower names, and the follower is one of its replicas.
+    async fn replica_source(
+        &self,
+        topic: &str,
+        partition: i32,
+        epoch: i32,
+        replica: Option<i32>,
+    ) -> Result<LedPartition, PartitionError> {
+        let led = self.node.led_partition(topic, partition).await?;
+        let current = led.state.leader_epoch;
+        if epoch < current {
+            return Err(PartitionError::new(
+                ErrorCode::FencedLeaderEpoch,
+                format!("leader epoch {epoch} is older than {current}"),
+            ));
+        }
+        if epoch > current {
+            return Err(PartitionError::new(
+                ErrorCode::UnknownLeaderEpoch,
+                format!("leader epoch {epoch} is newer than this leader's {current}"),
+            ));
+        }
+        if let Some(r) = replica
+            && !led.state.replicas.contains(&r)
+        {
+            return Err(PartitionError::new(
+                ErrorCode::NotLeaderOrFollower,
+                format!("node {r} is not a replica of {topic}-{partition}"),
+            ));
+        }
+        Ok(led)
+    }
+
+    /// One pass of a follower's fetch: records its acknowledgement (when
+    /// `ack`) and reads what follows. Returns the results and whether any
+    /// holds records.
+    async fn replica_fetch_once(
+        &self,
+        req: &pb::ReplicaFetchRequest,
+        ack: bool,
+    ) -> (Vec<pb::ReplicaFetchResult>, bool) {
+        let mut results = Vec::with_capacity(req.partitions.len());
+        let mut any = false;
+        let max_bytes = req.max_bytes.max(1) as usize;
+        for p in &req.partitions {
+            let mut r = pb::ReplicaFetchResult {
+                topic: p.topic.clone(),
+                partition: p.partition,
+                high_watermark: -1,
+                log_start_offset: -1,
+                ..Default::default()
+            };
+            let outcome = async {
+                let led = self
+                    .replica_source(&p.topic, p.partition, p.leader_epoch, Some(req.replica_id))
+                    .await?;
+                if ack
+                    && let Some(change) = self.node.replication.follower_fetched(
+                        &p.topic,
+                        p.partition,
+                        &led.state,
+                        req.replica_id,
+                        p.fetch_offset,
+                        &led.log,
+                    )
+                {
+                    let node = self.node.clone();
+                    let (topic, partition, epoch) =
+                        (p.topic.clone(), p.partition, led.state.leader_epoch);
+                    tokio::spawn(async move {
+                        node.alter_isr(&topic, partition, epoch, change).await;
+                    });
+                }
+                r.high_watermark = led.log.high_watermark();
+                r.log_start_offset = led.log.log_start_offset();
+                Ok::<_, PartitionError>(led.log.read_replica(p.fetch_offset, max_bytes).await?)
+            }
+            .await;
+            match outcome {
+                Ok(records) => {
+                    any |= !records.is_empty();
+                    r.records = records;
+                }
+                Err(e) => {
+                    r.error = e.code as i32;
+                    r.error_message = e.message;
+                }
+            }
+            results.push(r);
+        }
+        (results, any)
+    }
+
+    /// A follower's long-polled fetch: returns at once when there is data
+    /// or an error, else when something is appended or the wait is over.
+    async fn replica_fetch(&self, req: pb::ReplicaFetchRequest) -> pb::ReplicaFetchResponse {
+        let wait = Duration::from_millis(u64::from(
+            req.max_wait_ms.min(self.node.config.max_fetch_wait_ms),
+        ));
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut appended = self.node.replication.subscribe_appended();
+        appended.borrow_and_update();
+        let mut ack = true;
+        loop {
+            let (results, any) = self.replica_fetch_once(&req, ack).await;
+            ack = false;
+            let errored = results.iter().any(|r| r.error != 0);
+            if any || errored || tokio::time::Instant::now() >= deadline {
+                return pb::ReplicaFetchResponse { results };
+            }
+            if !matches!(
+                tokio::time::timeout_at(deadline, appended.changed()).await,
+                Ok(Ok(()))
+            ) {
+                let (results, _) = self.replica_fetch_once(&req, false).await;
+                return pb::ReplicaFetchResponse { results };
+            }
+        }
     }
 
     /// One pass over the partitions of a fetch; returns the results and how
@@ -94,14 +296,87 @@ impl StorageGrpc {
     }
 }
 
+fn acks_label(acks: i32) -> &'static str {
+    match acks {
+        0 => "0",
+        1 => "1",
+        _ => "all",
+    }
+}
+
 fn set_error(result: &mut pb::FetchResult, e: PartitionError) {
     result.error = e.code as i32;
     result.error_message = e.message;
     result.records = Bytes::new();
 }
 
+type ReplicaStream =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::ReplicaFetchResponse, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl StorageService for StorageGrpc {
+    type ReplicateStream = ReplicaStream;
+
+    async fn replicate(
+        &self,
+        request: Request<tonic::Streaming<pb::ReplicaFetchRequest>>,
+    ) -> Result<Response<Self::ReplicateStream>, Status> {
+        let mut inbound = request.into_inner();
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let this = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let req = match inbound.message().await {
+                    Ok(Some(req)) => req,
+                    Ok(None) => return,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "replica stream ended");
+                        return;
+                    }
+                };
+                let _m = RequestMetrics::start("storage", "ReplicaFetch");
+                let response = this.replica_fetch(req).await;
+                if tx.send(Ok(response)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    async fn offsets_for_leader_epoch(
+        &self,
+        request: Request<pb::OffsetsForLeaderEpochRequest>,
+    ) -> Result<Response<pb::OffsetsForLeaderEpochResponse>, Status> {
+        let _m = RequestMetrics::start("storage", "OffsetsForLeaderEpoch");
+        let mut results = Vec::new();
+        for q in request.into_inner().queries {
+            let mut r = pb::EpochEndOffset {
+                topic: q.topic.clone(),
+                partition: q.partition,
+                leader_epoch: -1,
+                end_offset: -1,
+                ..Default::default()
+            };
+            match self
+                .replica_source(&q.topic, q.partition, q.current_leader_epoch, None)
+                .await
+            {
+                Ok(led) => {
+                    (r.leader_epoch, r.end_offset) = led.log.end_offset_for_epoch(q.leader_epoch)
+                }
+                Err(e) => {
+                    r.error = e.code as i32;
+                    r.error_message = e.message;
+                }
+            }
+            results.push(r);
+        }
+        Ok(Response::new(pb::OffsetsForLeaderEpochResponse { results }))
+    }
+
     async fn append(
         &self,
         request: Request<pb::AppendRequest>,
@@ -126,7 +401,10 @@ impl StorageService for StorageGrpc {
             let topic = part.topic.clone();
             let partition = part.partition;
             async move {
-                let outcome = tokio::time::timeout(timeout, self.append_one(part)).await;
+                let started = std::time::Instant::now();
+                let outcome = tokio::time::timeout(timeout, self.append_one(part, req.acks)).await;
+                metrics::histogram!("runnel_append_seconds", "acks" => acks_label(req.acks))
+                    .record(started.elapsed().as_secs_f64());
                 let mut r = pb::AppendResult {
                     topic,
                     partition,

@@ -7,6 +7,10 @@
 //!   periodic retention pass;
 //! - [`grpc`]: `Append`, `Fetch` (long poll) and `ListOffsets` for partitions
 //!   this node leads;
+//! - [`replication`]: the leader's side of replication (follower progress,
+//!   high watermark, ISR changes);
+//! - [`replica_fetcher`]: the follower's side (truncation after a leader
+//!   change, then one fetch stream per leader);
 //! - [`server`]: start-up and shutdown.
 
 pub mod config;
@@ -14,6 +18,8 @@ pub mod error;
 pub mod grpc;
 pub mod log;
 pub mod node;
+pub mod replica_fetcher;
+pub mod replication;
 pub mod server;
 
 pub use config::StorageConfig;

@@ -25,11 +25,25 @@ pub struct StorageNode {
     pub watcher: MetadataWatcher,
     pub logs: LogManager,
     pub flush: FlushPolicy,
+    pub replication: crate::replication::Replication,
+    /// When the registration lease was last known alive (ms since the Unix
+    /// epoch); a leader whose lease may have lapsed stops acknowledging.
+    pub lease_confirmed_ms: std::sync::atomic::AtomicI64,
 }
 
-/// The log settings a topic's configs ask for.
-pub fn log_config(topic: &TopicConfig, flush: FlushPolicy) -> LogConfig {
+/// A partition this node leads, as an append or fetch needs it.
+#[derive(Debug, Clone)]
+pub struct LedPartition {
+    pub log: PartitionLog,
+    pub state: runnel_cluster::PartitionRecord,
+    pub min_insync_replicas: i32,
+}
+
+/// The log settings a topic's configs ask for; `replicated` when the
+/// partition has more than one replica.
+pub fn log_config(topic: &TopicConfig, flush: FlushPolicy, replicated: bool) -> LogConfig {
     LogConfig {
+        replicated,
         segment_bytes: topic.segment_bytes,
         segment_ms: (topic.segment_ms > 0).then_some(topic.segment_ms as u64),
         flush,
@@ -49,6 +63,29 @@ impl StorageNode {
         topic: &str,
         partition: i32,
     ) -> Result<(PartitionLog, i32), PartitionError> {
+        let led = self.led_partition(topic, partition).await?;
+        Ok((led.log, led.state.leader_epoch))
+    }
+
+    /// Whether the registration lease is surely still alive: confirmed
+    /// within two thirds of its time to live. A node cut off from the
+    /// metastore stops acknowledging replicated writes before the
+    /// controller can have moved leadership away.
+    pub fn lease_fresh(&self) -> bool {
+        let ttl_ms = (self.config.lease_ttl_secs.max(2) * 1000) as i64;
+        let confirmed = self
+            .lease_confirmed_ms
+            .load(std::sync::atomic::Ordering::Acquire);
+        now_ms() - confirmed < ttl_ms * 2 / 3
+    }
+
+    /// A partition this node leads: its log, its state and its
+    /// `min.insync.replicas`.
+    pub async fn led_partition(
+        &self,
+        topic: &str,
+        partition: i32,
+    ) -> Result<LedPartition, PartitionError> {
         let md = self.watcher.current();
         let (t, p) = md
             .topic(topic)
@@ -77,12 +114,16 @@ impl StorageNode {
                     topic,
                     &t.record.topic_id,
                     partition,
-                    log_config(&t.config, self.flush),
+                    log_config(&t.config, self.flush, p.replicas.len() > 1),
                 )
                 .await
                 .map_err(PartitionError::from)?,
         };
-        Ok((log, p.leader_epoch))
+        Ok(LedPartition {
+            log,
+            state: p.clone(),
+            min_insync_replicas: t.config.min_insync_replicas,
+        })
     }
 
     /// Registers the node and keeps its lease alive until shutdown; a lost
@@ -101,6 +142,7 @@ impl StorageNode {
         };
         let value = Bytes::from(serde_json::to_vec(&record).unwrap_or_default());
         loop {
+            let asked_at = now_ms();
             let lease = match self.register(&value, ttl).await {
                 Ok(lease) => lease,
                 Err(e) => {
@@ -112,6 +154,7 @@ impl StorageNode {
                 }
             };
             tracing::info!(node_id = self.node_id, "registered with the cluster");
+            self.confirm_lease(asked_at);
             let mut tick = tokio::time::interval(ttl / 3);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
@@ -122,8 +165,9 @@ impl StorageNode {
                         return;
                     }
                     _ = tick.tick() => {
+                        let asked_at = now_ms();
                         match self.store.keep_alive(lease).await {
-                            Ok(()) => {}
+                            Ok(()) => self.confirm_lease(asked_at),
                             Err(MetaError::LeaseNotFound(_)) => {
                                 tracing::warn!("registration lease expired; registering again");
                                 break;
@@ -134,6 +178,13 @@ impl StorageNode {
                 }
             }
         }
+    }
+
+    /// The lease was alive when a request sent at `asked_at` reached the
+    /// metastore (so it lives at least a TTL from then).
+    fn confirm_lease(&self, asked_at: i64) {
+        self.lease_confirmed_ms
+            .fetch_max(asked_at, std::sync::atomic::Ordering::AcqRel);
     }
 
     async fn register(&self, value: &Bytes, ttl: Duration) -> Result<i64, MetaError> {
@@ -205,7 +256,11 @@ impl StorageNode {
             let Some(log) = self.logs.get(&topic, partition) else {
                 continue;
             };
-            let config = log_config(&t.config, self.flush);
+            let config = log_config(
+                &t.config,
+                self.flush,
+                crate::replication::is_replicated(t, partition),
+            );
             if log.config() != config {
                 log.set_config(config);
             }
@@ -233,7 +288,7 @@ impl StorageNode {
                 if !state.replicas.contains(&self.node_id) {
                     continue;
                 }
-                let config = log_config(&topic.config, self.flush);
+                let config = log_config(&topic.config, self.flush, state.replicas.len() > 1);
                 if let Err(e) = self
                     .logs
                     .get_or_create(name, &topic.record.topic_id, p, config)

@@ -52,17 +52,24 @@ pub async fn serve(
     let watcher = MetadataWatcher::start(store.clone(), keys.clone()).await?;
     let node = Arc::new(StorageNode {
         node_id: config.node_id,
-        config,
+        config: config.clone(),
         store,
         keys,
         watcher,
         logs,
         flush,
+        replication: crate::replication::Replication::new(
+            config.node_id,
+            std::time::Duration::from_millis(config.replica_lag_time_max_ms),
+        ),
+        lease_confirmed_ms: std::sync::atomic::AtomicI64::new(0),
     });
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let sync = tokio::spawn(node.clone().sync_assignments(stop_rx.clone()));
     let retention = tokio::spawn(node.clone().retention_loop(stop_rx.clone()));
+    let isr = tokio::spawn(node.clone().isr_loop(stop_rx.clone()));
+    let fetchers = tokio::spawn(crate::replica_fetcher::run(node.clone(), stop_rx.clone()));
     let registration = tokio::spawn(node.clone().keep_registered(advertised.clone(), stop_rx));
 
     let (health, health_svc, reflection) = runnel_rpc::health_and_reflection()?;
@@ -85,6 +92,8 @@ pub async fn serve(
     let _ = registration.await;
     let _ = sync.await;
     let _ = retention.await;
+    let _ = isr.await;
+    let _ = fetchers.await;
     for (topic, _, partition) in node.logs.list() {
         if let Some(log) = node.logs.get(&topic, partition)
             && let Err(e) = log.flush().await

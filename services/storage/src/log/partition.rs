@@ -649,14 +649,17 @@ impl PartitionLog {
     async fn read_below(&self, offset: i64, max_bytes: usize, hw: i64) -> Result<Bytes, LogError> {
         self.inner.check_not_deleted()?;
         let start = self.log_start_offset();
-        if offset < start || offset > hw {
+        // Between the high watermark and the log end is data not yet
+        // committed (or a new leader's watermark still catching up):
+        // nothing to read yet, but not out of range.
+        if offset < start || offset > hw.max(self.log_end_offset()) {
             return Err(LogError::OffsetOutOfRange {
                 requested: offset,
                 start,
                 end: hw,
             });
         }
-        if offset == hw {
+        if offset >= hw {
             return Ok(Bytes::new());
         }
         let inner = self.inner.clone();

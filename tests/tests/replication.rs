@@ -1,0 +1,310 @@
+//! Replication across real storage processes on a real etcd: with
+//! replication factor 3 and `acks=all`, killing the leader (SIGKILL) loses
+//! no acknowledged record, the old leader comes back as a follower and
+//! converges on the new leader's log, a wiped node is rebuilt from its
+//! peers, and with too few in-sync replicas `acks=all` is refused while
+//! reads go on.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use runnel_client::{Admin, ClientError, NewTopic, Producer, ProducerConfig, Record};
+use runnel_e2e::{
+    ProcessCluster, ProcessSpec, SOON, check_acked_present, consume_all, eventually, produce_until,
+    storage_client, value_of, wait_topic_ready,
+};
+use runnel_proto::common::v1::ErrorCode;
+use runnel_proto::coordinator::v1::PartitionInfo;
+use runnel_proto::storage::v1 as storage_pb;
+
+/// A lease TTL (3 s here) running out plus the controller acting, on a
+/// loaded machine.
+const LEASE_WAIT: Duration = Duration::from_secs(40);
+
+async fn partitions(admin: &Admin, topic: &str) -> Result<Vec<PartitionInfo>, String> {
+    Ok(admin
+        .describe_topic(topic)
+        .await
+        .map_err(|e| e.to_string())?
+        .partitions)
+}
+
+/// Waits until every partition has a leader and all `rf` replicas in sync.
+async fn wait_fully_in_sync(admin: &Admin, topic: &str, rf: usize) -> Vec<PartitionInfo> {
+    eventually("every replica back in sync", LEASE_WAIT, || async {
+        let parts = partitions(admin, topic).await?;
+        let lagging: Vec<_> = parts
+            .iter()
+            .filter(|p| p.leader < 0 || p.isr.len() != rf)
+            .map(|p| (p.partition, p.leader, p.isr.clone()))
+            .collect();
+        if lagging.is_empty() {
+            Ok(parts)
+        } else {
+            Err(format!("(partition, leader, isr) not in sync: {lagging:?}"))
+        }
+    })
+    .await
+}
+
+/// Waits until every replica of every partition holds the same bytes
+/// (equal log sizes on every node, nothing above the high watermark).
+async fn wait_replicas_identical(cluster: &ProcessCluster, topic: &str) {
+    eventually("replicas byte-identical", SOON, || async {
+        let mut sizes: BTreeMap<i32, Vec<(i32, i64, i64)>> = BTreeMap::new();
+        for node in &cluster.storage {
+            let dirs = storage_client(&node.address)
+                .describe_log_dirs(storage_pb::DescribeLogDirsRequest {
+                    topics: vec![topic.to_string()],
+                })
+                .await
+                .map_err(|e| e.to_string())?
+                .into_inner();
+            for p in dirs.log_dirs.iter().flat_map(|d| &d.partitions) {
+                sizes.entry(p.partition).or_default().push((
+                    dirs.node_id,
+                    p.size_bytes,
+                    p.offset_lag,
+                ));
+            }
+        }
+        let differing: Vec<_> = sizes
+            .iter()
+            .filter(|(_, v)| {
+                v.len() != cluster.storage.len()
+                    || v.iter().any(|(_, size, lag)| *size != v[0].1 || *lag != 0)
+            })
+            .collect();
+        if differing.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "(node, size, uncommitted) per partition: {differing:?}"
+            ))
+        }
+    })
+    .await;
+}
+
+fn acks_all_producer(cluster: &ProcessCluster, timeout: Duration, retries: u32) -> Producer {
+    let mut config = ProducerConfig::new(cluster.ingest(), cluster.coordinator());
+    config.acks = -1;
+    config.retries = retries;
+    config.request_timeout = timeout;
+    Producer::new(config).unwrap()
+}
+
+/// Produces until `counter` has grown by `more`.
+async fn keep_producing_for(counter: &AtomicUsize, more: usize, what: &str) {
+    let from = counter.load(Ordering::SeqCst);
+    eventually(what, SOON, || async {
+        let n = counter.load(Ordering::SeqCst);
+        if n >= from + more {
+            Ok(())
+        } else {
+            Err(format!("{} sent since", n - from))
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_leader_loses_no_acknowledged_record() {
+    const TOPIC: &str = "replicated";
+    const PARTITIONS: i32 = 3;
+    let mut cluster = ProcessCluster::start(ProcessSpec {
+        storage_nodes: 3,
+        ..ProcessSpec::default()
+    })
+    .await;
+    let admin = Admin::connect(cluster.coordinator()).unwrap();
+    let mut topic = NewTopic::new(TOPIC, PARTITIONS)
+        .config("min.insync.replicas", "2")
+        .config("segment.bytes", "65536");
+    topic.replication_factor = 3;
+    admin.create_topic(topic).await.unwrap();
+    wait_topic_ready(cluster.coordinator(), Some(cluster.ingest()), TOPIC).await;
+    let before = wait_fully_in_sync(&admin, TOPIC, 3).await;
+
+    let producer = acks_all_producer(&cluster, Duration::from_secs(30), 20);
+    let stop = Arc::new(AtomicBool::new(false));
+    let counter = Arc::new(AtomicUsize::new(0));
+    let task = produce_until(producer, TOPIC, PARTITIONS, stop.clone(), counter.clone());
+    keep_producing_for(&counter, 2000, "records flowing before the kill").await;
+
+    // SIGKILL the leader of partition 0: no flush, no goodbye.
+    let victim = before[0].leader;
+    let old_epoch = before[0].leader_epoch;
+    cluster.storage_node(victim).kill_9();
+    let after = eventually("a new leader from the ISR", LEASE_WAIT, || async {
+        let parts = partitions(&admin, TOPIC).await?;
+        let p0 = &parts[0];
+        if p0.leader >= 0 && p0.leader != victim && !p0.isr.contains(&victim) {
+            Ok(parts)
+        } else {
+            Err(format!("partition 0: {p0:?}"))
+        }
+    })
+    .await;
+    assert!(after[0].leader_epoch > old_epoch, "the epoch moves on");
+    assert_eq!(
+        after[0].isr.len(),
+        2,
+        "the two live replicas: {:?}",
+        after[0]
+    );
+    keep_producing_for(&counter, 2000, "records flowing with the new leader").await;
+
+    // The old leader returns as a follower, drops whatever it wrote that
+    // the others never got, and catches up.
+    cluster.storage_node(victim).restart().await;
+    keep_producing_for(&counter, 1000, "records flowing while it catches up").await;
+    stop.store(true, Ordering::SeqCst);
+    let outcomes = task.await.unwrap();
+    wait_fully_in_sync(&admin, TOPIC, 3).await;
+    wait_replicas_identical(&cluster, TOPIC).await;
+
+    let mut acked = Vec::new();
+    let mut failed = 0;
+    for (i, _, outcome) in outcomes {
+        match outcome {
+            Ok(m) => acked.push((i, m)),
+            Err(_) => failed += 1,
+        }
+    }
+    assert!(acked.len() >= 5000, "{} acknowledged", acked.len());
+    let consumed = check_acked_present(cluster.coordinator(), TOPIC, &acked).await;
+    let total: usize = consumed.values().map(Vec::len).sum();
+    eprintln!(
+        "{} acknowledged, {failed} failed, {total} records in the log, all acknowledged present in order",
+        acked.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_few_in_sync_replicas_refuse_acks_all_and_a_wiped_node_is_rebuilt() {
+    const TOPIC: &str = "min-isr";
+    let mut cluster = ProcessCluster::start(ProcessSpec {
+        storage_nodes: 3,
+        ..ProcessSpec::default()
+    })
+    .await;
+    let admin = Admin::connect(cluster.coordinator()).unwrap();
+    let mut topic = NewTopic::new(TOPIC, 1)
+        .config("min.insync.replicas", "2")
+        .config("segment.bytes", "16384");
+    topic.replication_factor = 3;
+    admin.create_topic(topic).await.unwrap();
+    wait_topic_ready(cluster.coordinator(), Some(cluster.ingest()), TOPIC).await;
+    let p = wait_fully_in_sync(&admin, TOPIC, 3).await.remove(0);
+    let followers: Vec<i32> = p
+        .replicas
+        .iter()
+        .copied()
+        .filter(|&n| n != p.leader)
+        .collect();
+
+    let producer = acks_all_producer(&cluster, Duration::from_secs(10), 0);
+    for i in 0..2000 {
+        let record = Record {
+            value: Some(value_of(i)),
+            partition: Some(0),
+            ..Default::default()
+        };
+        producer.send(TOPIC, record).await.unwrap();
+    }
+    producer.flush().await.unwrap();
+
+    // Both followers die: one replica left, below min.insync.replicas.
+    for &f in &followers {
+        cluster.storage_node(f).kill_9();
+    }
+    eventually("the ISR shrinks to the leader", LEASE_WAIT, || async {
+        let parts = partitions(&admin, TOPIC).await?;
+        if parts[0].isr == vec![p.leader] {
+            Ok(())
+        } else {
+            Err(format!("{:?}", parts[0]))
+        }
+    })
+    .await;
+    let refused = producer
+        .send(
+            TOPIC,
+            Record {
+                value: Some(value_of(usize::MAX)),
+                partition: Some(0),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap()
+        .await;
+    match refused {
+        Err(ClientError::Partition { code, .. }) => {
+            assert_eq!(code, ErrorCode::NotEnoughReplicas)
+        }
+        other => panic!("acks=all with one in-sync replica: {other:?}"),
+    }
+    // Reads still work, and acks=1 is still taken.
+    let consumed = consume_all(cluster.coordinator(), TOPIC).await;
+    assert_eq!(consumed[&0].len(), 2000);
+    let mut one = ProducerConfig::new(cluster.ingest(), cluster.coordinator());
+    one.acks = 1;
+    let acks_one = Producer::new(one).unwrap();
+    let m = acks_one
+        .send(
+            TOPIC,
+            Record {
+                value: Some(value_of(2000)),
+                partition: Some(0),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert_eq!(m.offset, 2000);
+
+    // One follower comes back with its disk wiped: rebuilt from the leader.
+    let wiped = followers[0];
+    let node = cluster.storage_node(wiped);
+    let dir = node.data_dir.clone().unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::create_dir_all(&dir).unwrap();
+    node.restart().await;
+    eventually("the wiped node rejoins the ISR", LEASE_WAIT, || async {
+        let parts = partitions(&admin, TOPIC).await?;
+        if parts[0].isr.contains(&wiped) {
+            Ok(())
+        } else {
+            Err(format!("{:?}", parts[0]))
+        }
+    })
+    .await;
+    // Two in sync again: acks=all is accepted.
+    let m = producer
+        .send(
+            TOPIC,
+            Record {
+                value: Some(value_of(2001)),
+                partition: Some(0),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert_eq!(m.offset, 2001);
+    cluster.storage_node(followers[1]).restart().await;
+    wait_fully_in_sync(&admin, TOPIC, 3).await;
+    wait_replicas_identical(&cluster, TOPIC).await;
+    let consumed = consume_all(cluster.coordinator(), TOPIC).await;
+    assert_eq!(consumed[&0].len(), 2002);
+}
