@@ -308,3 +308,151 @@ async fn too_few_in_sync_replicas_refuse_acks_all_and_a_wiped_node_is_rebuilt() 
     let consumed = consume_all(cluster.coordinator(), TOPIC).await;
     assert_eq!(consumed[&0].len(), 2002);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_leader_is_replaced_and_rejoins_when_it_wakes() {
+    const TOPIC: &str = "frozen";
+    let mut cluster = ProcessCluster::start(ProcessSpec {
+        storage_nodes: 3,
+        ..ProcessSpec::default()
+    })
+    .await;
+    let admin = Admin::connect(cluster.coordinator()).unwrap();
+    let mut topic = NewTopic::new(TOPIC, 1).config("min.insync.replicas", "2");
+    topic.replication_factor = 3;
+    admin.create_topic(topic).await.unwrap();
+    wait_topic_ready(cluster.coordinator(), Some(cluster.ingest()), TOPIC).await;
+    let before = wait_fully_in_sync(&admin, TOPIC, 3).await.remove(0);
+
+    let producer = acks_all_producer(&cluster, Duration::from_secs(8), 50);
+    let stop = Arc::new(AtomicBool::new(false));
+    let counter = Arc::new(AtomicUsize::new(0));
+    let task = produce_until(producer, TOPIC, 1, stop.clone(), counter.clone());
+    keep_producing_for(&counter, 1000, "records flowing before the freeze").await;
+
+    // SIGSTOP: to everyone else the leader is cut off (no lease renewals,
+    // no answers), but it keeps its state and wakes up later believing it
+    // still leads.
+    cluster.storage_node(before.leader).process.pause();
+    eventually(
+        "a new leader while the old one is frozen",
+        LEASE_WAIT,
+        || async {
+            let p = partitions(&admin, TOPIC).await?.remove(0);
+            if p.leader >= 0 && p.leader != before.leader {
+                Ok(())
+            } else {
+                Err(format!("{p:?}"))
+            }
+        },
+    )
+    .await;
+    keep_producing_for(&counter, 1000, "records flowing with the new leader").await;
+    cluster.storage_node(before.leader).process.resume();
+    keep_producing_for(&counter, 500, "records flowing after the wake-up").await;
+    stop.store(true, Ordering::SeqCst);
+    let outcomes = task.await.unwrap();
+    wait_fully_in_sync(&admin, TOPIC, 3).await;
+    wait_replicas_identical(&cluster, TOPIC).await;
+    let acked: Vec<_> = outcomes
+        .into_iter()
+        .filter_map(|(i, _, o)| o.ok().map(|m| (i, m)))
+        .collect();
+    check_acked_present(cluster.coordinator(), TOPIC, &acked).await;
+    let truncated = cluster
+        .storage_node(before.leader)
+        .log_tail(400)
+        .contains("truncating records the new leader does not have");
+    eprintln!(
+        "{} acknowledged records present in order; the woken leader truncated a divergent tail: {truncated}",
+        acked.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_uncommitted_tail_is_truncated_when_the_old_leader_returns() {
+    const TOPIC: &str = "diverge";
+    let mut cluster = ProcessCluster::start(ProcessSpec {
+        storage_nodes: 3,
+        ..ProcessSpec::default()
+    })
+    .await;
+    let admin = Admin::connect(cluster.coordinator()).unwrap();
+    let mut topic = NewTopic::new(TOPIC, 1);
+    topic.replication_factor = 3;
+    admin.create_topic(topic).await.unwrap();
+    wait_topic_ready(cluster.coordinator(), Some(cluster.ingest()), TOPIC).await;
+    let p = wait_fully_in_sync(&admin, TOPIC, 3).await.remove(0);
+    let followers: Vec<i32> = p
+        .replicas
+        .iter()
+        .copied()
+        .filter(|&n| n != p.leader)
+        .collect();
+    let record = |i: usize| Record {
+        value: Some(value_of(i)),
+        partition: Some(0),
+        ..Default::default()
+    };
+    let all = acks_all_producer(&cluster, Duration::from_secs(10), 20);
+    for i in 0..100 {
+        all.send(TOPIC, record(i)).await.unwrap();
+    }
+    all.flush().await.unwrap();
+
+    // The followers freeze briefly (well inside their lease), and the
+    // leader takes acks=1 writes they never see: a tail only it holds.
+    for &f in &followers {
+        cluster.storage_node(f).process.pause();
+    }
+    let mut one = ProducerConfig::new(cluster.ingest(), cluster.coordinator());
+    one.acks = 1;
+    let acks_one = Producer::new(one).unwrap();
+    let mut tail = 0;
+    for i in 100..150 {
+        let d = acks_one.send(TOPIC, record(i)).await.unwrap();
+        if d.await.is_ok() {
+            tail += 1;
+        }
+    }
+    assert!(tail > 0, "the leader took acks=1 writes alone");
+    // Now the leader freezes and the followers wake: one of them leads.
+    cluster.storage_node(p.leader).process.pause();
+    for &f in &followers {
+        cluster.storage_node(f).process.resume();
+    }
+    let new_leader = eventually("a follower takes over", LEASE_WAIT, || async {
+        let now = partitions(&admin, TOPIC).await?.remove(0);
+        if followers.contains(&now.leader) {
+            Ok(now.leader)
+        } else {
+            Err(format!("{now:?}"))
+        }
+    })
+    .await;
+    for i in 150..200 {
+        all.send(TOPIC, record(i)).await.unwrap();
+    }
+    all.flush().await.unwrap();
+
+    // The old leader wakes as a follower, drops its tail and converges.
+    cluster.storage_node(p.leader).process.resume();
+    wait_fully_in_sync(&admin, TOPIC, 3).await;
+    wait_replicas_identical(&cluster, TOPIC).await;
+    let log = cluster.storage_node(p.leader).log_tail(2000);
+    assert!(
+        log.contains("truncating records the new leader does not have"),
+        "the old leader truncated its tail:\n{log}"
+    );
+    let consumed = consume_all(cluster.coordinator(), TOPIC).await;
+    let values: Vec<usize> = consumed[&0].iter().map(runnel_e2e::index_of).collect();
+    // A follower may have fetched the first few acks=1 records just before
+    // it froze; the rest of the tail is gone, and nothing else is.
+    let kept = values.len() - 150;
+    assert!(kept < tail, "the tail of {tail} was truncated, {kept} kept");
+    let expected: Vec<usize> = (0..100 + kept).chain(150..200).collect();
+    assert_eq!(
+        values, expected,
+        "new leader {new_leader}: the acks=all records, in order, without the lost acks=1 tail"
+    );
+}

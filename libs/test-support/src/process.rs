@@ -187,6 +187,32 @@ impl ChildProcess {
         }
     }
 
+    /// Freezes the process (SIGSTOP): it keeps its sockets and state but
+    /// does nothing — a node cut off from everyone, as far as they can tell.
+    pub fn pause(&mut self) {
+        self.signal("-STOP", "paused with SIGSTOP");
+    }
+
+    /// Lets a paused process run again (SIGCONT).
+    pub fn resume(&mut self) {
+        self.signal("-CONT", "resumed with SIGCONT");
+    }
+
+    fn signal(&mut self, signal: &str, note: &str) {
+        let Some(pid) = self.pid() else {
+            return;
+        };
+        let sent = Command::new("kill")
+            .arg(signal)
+            .arg(pid.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(sent, "kill {signal} {pid} failed");
+        self.note(note);
+    }
+
     /// Asks the process to stop with SIGTERM and waits up to `grace` for it
     /// to exit, then kills it. Returns its exit status if it stopped by
     /// itself.
