@@ -6,6 +6,8 @@ The tests run against a running edge: set RUNNEL_KAFKA_BOOTSTRAP=host:port
 
 import os
 import shutil
+import subprocess
+import time
 import uuid
 
 import pytest
@@ -48,10 +50,17 @@ def new_topic(admin):
     """Creates topics with unique names; deletes them after the test."""
     created = []
 
-    def make(prefix="t", partitions=1, config=None):
+    def make(prefix="t", partitions=1, config=None, replication_factor=1):
         name = unique(prefix)
         futures = admin.create_topics(
-            [NewTopic(name, num_partitions=partitions, replication_factor=1, config=config or {})],
+            [
+                NewTopic(
+                    name,
+                    num_partitions=partitions,
+                    replication_factor=replication_factor,
+                    config=config or {},
+                )
+            ],
             operation_timeout=10,
         )
         futures[name].result(timeout=30)
@@ -85,3 +94,36 @@ def new_group(admin):
                 f.result(timeout=30)
             except Exception:  # never used, deleted by the test, or not empty
                 pass
+
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+
+
+def runnel_bin():
+    """The runnel binary the test run uses (RUNNEL_BIN, else target/debug)."""
+    path = os.environ.get("RUNNEL_BIN") or os.path.join(
+        os.environ.get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target"), "debug", "runnel"
+    )
+    if not os.access(path, os.X_OK):
+        pytest.skip(f"no runnel binary at {path}")
+    return path
+
+
+def runnel_cli(*args, timeout=30):
+    """Runs `runnel <args>` and returns its stdout (fails on an error)."""
+    out = subprocess.run([runnel_bin(), *args], capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0, f"runnel {' '.join(args)}: {out.stderr}"
+    return out.stdout
+
+
+def eventually(what, check, timeout, step=0.2):
+    """Polls check() until it returns something truthy and returns that;
+    fails saying `what` it waited for."""
+    deadline = time.time() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.time() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(step)

@@ -4,14 +4,17 @@
 # Without RUNNEL_KAFKA_BOOTSTRAP it starts runnel on free loopback ports with
 # throw-away data, runs the tests against it, and stops it:
 #   RUNNEL_TOPOLOGY=dev (default)  `runnel dev`, every role in one process;
-#   RUNNEL_TOPOLOGY=processes      real etcd, a coordinator, two storage
+#   RUNNEL_TOPOLOGY=processes      real etcd, a coordinator, three storage
 #                                  nodes, ingest, two groups nodes (the group
 #                                  shards split between them) and two edges,
 #                                  each its own process; clients bootstrap
 #                                  from both edges. RUNNEL_GROUPS_RESTART_CMD
 #                                  is exported for the tests: a command that
 #                                  kills the groups processes (SIGKILL) and
-#                                  starts them again.
+#                                  starts them again; RUNNEL_STORAGE_CTL
+#                                  is a command: `$RUNNEL_STORAGE_CTL kill N`
+#                                  (SIGKILL) and `... start N` for storage
+#                                  node N.
 # Both export RUNNEL_GROUPS_ADDRESS and RUNNEL_COORDINATOR_ADDRESS (gRPC) for
 # the tests that run the runnel CLI, and run the groups role with a 500 ms
 # KIP-848 heartbeat interval.
@@ -90,7 +93,7 @@ if [ -z "${RUNNEL_KAFKA_BOOTSTRAP:-}" ]; then
         export RUNNEL_GROUPS_ADDRESS RUNNEL_COORDINATOR_ADDRESS
         ;;
     processes)
-        # A deployment: real etcd, every role its own process, two storage
+        # A deployment: real etcd, every role its own process, three storage
         # nodes and two edges; clients bootstrap from both edges.
         command -v etcd >/dev/null || { echo "etcd is not installed: run tests/setup.sh" >&2; exit 1; }
         ep=$(free_port); pp=$(free_port)
@@ -104,12 +107,39 @@ if [ -z "${RUNNEL_KAFKA_BOOTSTRAP:-}" ]; then
         cp=$(free_port); ip=$(free_port)
         "$runnel" coordinator --listen "127.0.0.1:$cp" --lease-ttl-secs 3 "${common[@]}" >"$work/coordinator.log" 2>&1 &
         pids+=($!)
-        for n in 1 2; do
-            sp=$(free_port)
-            "$runnel" storage --node-id "$n" --data-dir "$work/storage-$n" --listen "127.0.0.1:$sp" \
-                --lease-ttl-secs 3 "${common[@]}" >"$work/storage-$n.log" 2>&1 &
-            pids+=($!)
-        done
+        # Three storage nodes (replication factor 3 is possible). storage.sh
+        # starts node N detached (pid in storage-N.pid) on its own port and
+        # data directory; `storage.sh kill N` is a SIGKILL.
+        sports=("$(free_port)" "$(free_port)" "$(free_port)")
+        {
+            echo '#!/usr/bin/env bash'
+            echo 'set -u'
+            echo "cd $(printf '%q' "$work")"
+            echo "runnel=$(printf '%q' "$runnel")"
+            echo "common=($(printf '%q ' "${common[@]}"))"
+            echo "sports=(${sports[*]})"
+            cat <<'SCRIPT'
+n=$2
+case "$1" in
+kill)
+    pid=$(cat "storage-$n.pid")
+    kill -9 "$pid" 2>/dev/null
+    for _ in $(seq 1 100); do
+        ps -o stat= -p "$pid" 2>/dev/null | grep -qv Z || break
+        sleep 0.1
+    done
+    echo "== killed (SIGKILL) at $(date +%T.%N)" >>"storage-$n.log"
+    ;;
+start)
+    "$runnel" storage --node-id "$n" --data-dir "storage-$n" --listen "127.0.0.1:${sports[$((n - 1))]}" \
+        --lease-ttl-secs 3 "${common[@]}" </dev/null >>"storage-$n.log" 2>&1 &
+    echo $! >"storage-$n.pid"
+    ;;
+esac
+SCRIPT
+        } >"$work/storage.sh"
+        for n in 1 2 3; do bash "$work/storage.sh" start "$n"; done
+        export RUNNEL_STORAGE_CTL="bash $work/storage.sh"
         "$runnel" ingest --listen "127.0.0.1:$ip" "${common[@]}" >"$work/ingest.log" 2>&1 &
         pids+=($!)
         # Two groups nodes share the group shards. groups.sh starts them
