@@ -456,3 +456,105 @@ async fn an_uncommitted_tail_is_truncated_when_the_old_leader_returns() {
         "new leader {new_leader}: the acks=all records, in order, without the lost acks=1 tail"
     );
 }
+
+/// One idempotent producer's batch of `n` records, numbered from `seq`.
+fn idempotent_batch(pid: i64, seq: i32, n: usize) -> bytes::Bytes {
+    let records: Vec<runnel_records::PlainRecord> = (0..n)
+        .map(|i| runnel_records::PlainRecord {
+            key: None,
+            value: Some(value_of(seq as usize + i)),
+            headers: vec![],
+            timestamp_ms: 1_700_000_000_000,
+        })
+        .collect();
+    let mut bytes = runnel_records::build_batch(&records, runnel_records::Compression::None)
+        .unwrap()
+        .to_vec();
+    runnel_records::batch::set_producer(&mut bytes, pid, 0, seq);
+    bytes::Bytes::from(bytes)
+}
+
+/// Appends one batch to partition 0 on `address` with acks=all.
+async fn append(address: &str, topic: &str, batch: bytes::Bytes) -> storage_pb::AppendResult {
+    storage_client(address)
+        .append(storage_pb::AppendRequest {
+            partitions: vec![storage_pb::PartitionBatches {
+                topic: topic.to_string(),
+                partition: 0,
+                batches: batch,
+            }],
+            acks: -1,
+            timeout_ms: 10_000,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .results
+        .remove(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotent_retries_are_deduplicated_across_a_failover() {
+    const TOPIC: &str = "idempotent";
+    const PID: i64 = 4711;
+    let mut cluster = ProcessCluster::start(ProcessSpec {
+        storage_nodes: 3,
+        ..ProcessSpec::default()
+    })
+    .await;
+    let admin = Admin::connect(cluster.coordinator()).unwrap();
+    let mut topic = NewTopic::new(TOPIC, 1).config("min.insync.replicas", "2");
+    topic.replication_factor = 3;
+    admin.create_topic(topic).await.unwrap();
+    wait_topic_ready(cluster.coordinator(), Some(cluster.ingest()), TOPIC).await;
+    let before = wait_fully_in_sync(&admin, TOPIC, 3).await.remove(0);
+    let address = |cluster: &mut ProcessCluster, id: i32| cluster.storage_node(id).address.clone();
+    let leader = address(&mut cluster, before.leader);
+
+    for seq in (0..50).step_by(5) {
+        let r = append(&leader, TOPIC, idempotent_batch(PID, seq, 5)).await;
+        assert_eq!((r.error, r.base_offset), (0, i64::from(seq)), "{r:?}");
+    }
+    // A retry of the last batch: its original offsets, not a new copy.
+    let r = append(&leader, TOPIC, idempotent_batch(PID, 45, 5)).await;
+    assert_eq!((r.error, r.base_offset, r.last_offset), (0, 45, 49));
+
+    // The leader dies; the new one knows the producer from the replicated
+    // batches and recognises the same retry.
+    cluster.storage_node(before.leader).kill_9();
+    let after = eventually("a new leader", LEASE_WAIT, || async {
+        let p = partitions(&admin, TOPIC).await?.remove(0);
+        if p.leader >= 0 && p.leader != before.leader {
+            Ok(p)
+        } else {
+            Err(format!("{p:?}"))
+        }
+    })
+    .await;
+    let new_leader = address(&mut cluster, after.leader);
+    let r = eventually("the new leader takes appends", SOON, || async {
+        let r = append(&new_leader, TOPIC, idempotent_batch(PID, 45, 5)).await;
+        if r.error == ErrorCode::NotLeaderOrFollower as i32 {
+            Err(format!("{r:?}"))
+        } else {
+            Ok(r)
+        }
+    })
+    .await;
+    assert_eq!(
+        (r.error, r.base_offset, r.last_offset),
+        (0, 45, 49),
+        "{r:?}"
+    );
+    let r = append(&new_leader, TOPIC, idempotent_batch(PID, 50, 5)).await;
+    assert_eq!((r.error, r.base_offset), (0, 50));
+    let r = append(&new_leader, TOPIC, idempotent_batch(PID, 60, 1)).await;
+    assert_eq!(r.error, ErrorCode::OutOfOrderSequenceNumber as i32, "{r:?}");
+    let consumed = consume_all(cluster.coordinator(), TOPIC).await;
+    let values: Vec<usize> = consumed[&0].iter().map(runnel_e2e::index_of).collect();
+    assert_eq!(
+        values,
+        (0..55).collect::<Vec<_>>(),
+        "every record once, in order"
+    );
+}

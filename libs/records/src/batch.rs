@@ -256,6 +256,17 @@ pub fn set_log_append_time(batch: &mut [u8], header: &BatchHeader, now_ms: i64) 
     batch[17..21].copy_from_slice(&crc.to_be_bytes());
 }
 
+/// Makes a batch an idempotent producer's: its producer id, epoch and
+/// first sequence number (inside the CRC, which is recomputed).
+pub fn set_producer(batch: &mut [u8], producer_id: i64, epoch: i16, base_sequence: i32) {
+    batch[43..51].copy_from_slice(&producer_id.to_be_bytes());
+    batch[51..53].copy_from_slice(&epoch.to_be_bytes());
+    batch[53..57].copy_from_slice(&base_sequence.to_be_bytes());
+    let end = BatchHeader::parse(batch).map_or(batch.len(), |h| h.total_len().min(batch.len()));
+    let crc = crc32c::crc32c(&batch[CRC_START..end]);
+    batch[17..21].copy_from_slice(&crc.to_be_bytes());
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]

@@ -44,6 +44,10 @@ pub struct StorageConfig {
     pub replica_fetch_wait_max_ms: u32,
     /// Bytes a follower fetches per partition per request.
     pub replica_fetch_max_bytes: i32,
+    /// An idempotent producer silent this long is forgotten (its retries are
+    /// no longer recognised), checked with retention (Kafka's
+    /// `producer.id.expiration.ms`).
+    pub producer_id_expiration_ms: i64,
 }
 
 impl Default for StorageConfig {
@@ -64,6 +68,7 @@ impl Default for StorageConfig {
             replica_lag_time_max_ms: 30_000,
             replica_fetch_wait_max_ms: 500,
             replica_fetch_max_bytes: 1 << 20,
+            producer_id_expiration_ms: 86_400_000,
         }
     }
 }

@@ -2,7 +2,7 @@
 
 use runnel_proto::common::v1::ErrorCode;
 
-use crate::log::LogError;
+use crate::log::{LogError, SeqError};
 
 /// A per-partition failure: the code a client acts on and a message a human
 /// reads.
@@ -50,6 +50,8 @@ impl From<LogError> for PartitionError {
             LogError::FencedEpoch { .. } => ErrorCode::FencedLeaderEpoch,
             // A follower's fetch got ahead of its log: it fetches again.
             LogError::NotContiguous { .. } => ErrorCode::OffsetOutOfRange,
+            LogError::Sequence(SeqError::StaleEpoch { .. }) => ErrorCode::InvalidProducerEpoch,
+            LogError::Sequence(_) => ErrorCode::OutOfOrderSequenceNumber,
         };
         if code == ErrorCode::KafkaStorageError || code == ErrorCode::UnknownServerError {
             tracing::error!(error = %e, "storage failure");

@@ -264,6 +264,7 @@ impl StorageNode {
             if log.config() != config {
                 log.set_config(config);
             }
+            log.expire_producers(now_ms(), self.config.producer_id_expiration_ms);
             match log.enforce_retention(now_ms()).await {
                 Ok(segments) => deleted += segments.len(),
                 Err(crate::log::LogError::Deleted(_)) => {}

@@ -213,6 +213,12 @@ fn record_count(mut batches: &[u8]) -> Option<i64> {
     Some(n)
 }
 
+/// Whether the first batch comes from an idempotent producer: the leader
+/// deduplicates such a batch on its own, so it never shares an append.
+fn idempotent(batches: &[u8]) -> bool {
+    runnel_records::BatchHeader::parse(batches).is_ok_and(|h| h.producer_id >= 0)
+}
+
 /// One request's share of a merged partition.
 struct Share {
     request: usize,
@@ -230,9 +236,10 @@ pub fn mergeable(reqs: &[(ProduceRequest, i16)]) -> bool {
         && reqs.iter().all(|(r, _)| {
             r.acks == first.acks
                 && r.topic_data.iter().all(|t| {
-                    t.partition_data
-                        .iter()
-                        .all(|p| record_count(p.records.as_deref().unwrap_or_default()).is_some())
+                    t.partition_data.iter().all(|p| {
+                        let records = p.records.as_deref().unwrap_or_default();
+                        record_count(records).is_some() && !idempotent(records)
+                    })
                 })
         })
 }

@@ -33,6 +33,8 @@ pub enum LogError {
     FencedEpoch { epoch: i32, latest: i32 },
     #[error("replicated batch starts at offset {got}, the log ends at {expected}")]
     NotContiguous { expected: i64, got: i64 },
+    #[error(transparent)]
+    Sequence(#[from] super::idempotence::SeqError),
     #[error("internal error: {0}")]
     Internal(String),
 }

@@ -93,6 +93,7 @@
 mod epochs;
 mod error;
 mod files;
+mod idempotence;
 mod manager;
 mod partition;
 mod segment;
@@ -107,6 +108,7 @@ use serde::{Deserialize, Serialize};
 pub use epochs::EpochCache;
 pub use error::LogError;
 pub use files::FileCache;
+pub use idempotence::{BatchSeq, ProducerStates, SeqCheck, SeqError};
 pub use manager::{LogManager, LogManagerOptions, PartitionMeta};
 pub use partition::PartitionLog;
 

@@ -18,6 +18,7 @@ use tokio::sync::watch;
 
 use super::epochs::EpochCache;
 use super::files::FileCache;
+use super::idempotence::{BatchSeq, ProducerStates, SeqCheck};
 use super::segment::{
     self, ChunkReader, IndexBuilder, LOG_EXT, MAX_SEGMENT_BYTES, NO_TIMESTAMP, segment_path,
 };
@@ -25,6 +26,9 @@ use super::{AppendInfo, DeletedSegment, FlushPolicy, LogConfig, LogError, Retent
 
 /// Bytes read at a time when walking batch headers from an index position.
 const HEADER_SCAN_CHUNK: usize = 16 * 1024;
+
+/// Extension of producer state snapshots.
+const SNAPSHOT_EXT: &str = "snapshot";
 
 /// Suffix of the files of a segment being deleted.
 const DELETED_SUFFIX: &str = ".deleted";
@@ -75,6 +79,8 @@ struct Inner {
     high_watermark: AtomicI64,
     /// Where each leader epoch's data starts.
     epochs: Mutex<EpochCache>,
+    /// Idempotent producers' recent batches (see [`super::idempotence`]).
+    producers: Mutex<ProducerStates>,
     /// Offset below which everything is known to be fsynced.
     flushed: AtomicI64,
     hw_tx: watch::Sender<i64>,
@@ -208,7 +214,35 @@ fn load_epochs(
         }
     }
     let mut cache = EpochCache::default();
-    for seg in segments.values() {
+    walk_headers(dir, segments, files, i64::MIN, i64::MAX, |h| {
+        cache.assign(h.partition_leader_epoch, h.base_offset);
+    })?;
+    if cache.latest_epoch().is_some() {
+        cache
+            .store(dir)
+            .map_err(LogError::io_path("write epoch checkpoint", dir))?;
+    }
+    Ok(cache)
+}
+
+/// Calls `f` with the header of every batch whose base offset is in
+/// `from..to`, oldest first (whole segments from the one holding `from`).
+fn walk_headers(
+    dir: &Path,
+    segments: &BTreeMap<i64, SegmentInfo>,
+    files: &FileCache,
+    from: i64,
+    to: i64,
+    mut f: impl FnMut(&BatchHeader),
+) -> Result<(), LogError> {
+    let first = segments
+        .range(..=from)
+        .next_back()
+        .map_or(i64::MIN, |(b, _)| *b);
+    for seg in segments.range(first..).map(|(_, s)| s) {
+        if seg.base >= to {
+            break;
+        }
         let path = segment_path(dir, seg.base, LOG_EXT);
         let file = files
             .open(&path, true)
@@ -219,16 +253,75 @@ fn load_epochs(
             .header(pos)
             .map_err(LogError::io_path("read", &path))?
         {
-            cache.assign(h.partition_leader_epoch, h.base_offset);
+            if h.base_offset >= to {
+                break;
+            }
+            if h.base_offset >= from {
+                f(&h);
+            }
             pos += h.total_len() as u64;
         }
     }
-    if cache.latest_epoch().is_some() {
-        cache
-            .store(dir)
-            .map_err(LogError::io_path("write epoch checkpoint", dir))?;
+    Ok(())
+}
+
+/// Snapshot files of the producer state: `<offset>.snapshot`, the state of
+/// every batch below that offset (written when the segment starting there
+/// was rolled), newest first.
+fn producer_snapshots(dir: &Path) -> Vec<(i64, PathBuf)> {
+    let mut found: Vec<(i64, PathBuf)> = fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            match segment::parse_segment_name(&name) {
+                Some((offset, SNAPSHOT_EXT)) => Some((offset, e.path())),
+                _ => None,
+            }
+        })
+        .collect();
+    found.sort_by_key(|f| std::cmp::Reverse(f.0));
+    found
+}
+
+/// The producer state of the log below `log_end`: the newest usable
+/// snapshot at or below it, then the batches after it.
+fn load_producers(
+    dir: &Path,
+    segments: &BTreeMap<i64, SegmentInfo>,
+    files: &FileCache,
+    log_end: i64,
+) -> Result<ProducerStates, LogError> {
+    let mut state = ProducerStates::default();
+    let mut from = i64::MIN;
+    for (offset, path) in producer_snapshots(dir) {
+        if offset > log_end {
+            continue;
+        }
+        match fs::read(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|b| ProducerStates::from_snapshot(&b))
+        {
+            Ok((loaded, end)) if end == offset => {
+                state = loaded;
+                from = offset;
+                break;
+            }
+            Ok(_) => {
+                tracing::warn!(path = %path.display(), "producer snapshot names another offset; ignored")
+            }
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "unreadable producer snapshot; ignored")
+            }
+        }
     }
-    Ok(cache)
+    walk_headers(dir, segments, files, from, log_end, |h| {
+        if let Some(seq) = BatchSeq::from_header(h) {
+            state.record(seq);
+        }
+    })?;
+    Ok(state)
 }
 
 /// One batch in the write buffer, to be indexed once written.
@@ -237,6 +330,17 @@ struct PendingBatch {
     position: u64,
     len: u64,
     max_timestamp: i64,
+    /// Its idempotent producer's sequence numbers, if it has one.
+    seq: Option<BatchSeq>,
+}
+
+/// What [`Inner::write_batches`] did.
+enum Written {
+    /// Wrote offsets `first..end`.
+    Batches { first: i64, end: i64 },
+    /// The batch is a producer's retry of one already in the log at
+    /// `first..=last`; nothing was written.
+    Duplicate { first: i64, last: i64 },
 }
 
 fn now_ms() -> i64 {
@@ -371,6 +475,7 @@ impl PartitionLog {
         let (hw_tx, _) = watch::channel(log_end);
         let (local_tx, _) = watch::channel(log_end);
         let epochs = load_epochs(dir, &segments, &files, log_end)?;
+        let producers = load_producers(dir, &segments, &files, log_end)?;
         let metrics = LogMetrics::new(topic, partition);
         metrics.start_offset.set(bases[0] as f64);
         metrics.end_offset.set(log_end as f64);
@@ -397,6 +502,7 @@ impl PartitionLog {
                 local_tx,
                 high_watermark: AtomicI64::new(log_end),
                 epochs: Mutex::new(epochs),
+                producers: Mutex::new(producers),
                 flushed: AtomicI64::new(log_end),
                 hw_tx,
                 flush_scheduled: AtomicBool::new(false),
@@ -475,6 +581,12 @@ impl PartitionLog {
     pub fn end_offset_for_epoch(&self, epoch: i32) -> (i32, i64) {
         let end = self.local_end_offset();
         self.inner.epochs.lock().end_offset_for(epoch, end)
+    }
+
+    /// Forgets idempotent producers silent for `expiration_ms` (Kafka's
+    /// `producer.id.expiration.ms`); returns how many.
+    pub fn expire_producers(&self, now_ms: i64, expiration_ms: i64) -> usize {
+        self.inner.producers.lock().expire(now_ms, expiration_ms)
     }
 
     /// How many times segment files were fsynced since the log was opened.
@@ -558,11 +670,17 @@ impl PartitionLog {
         let inner = self.inner.clone();
         let write_config = config.clone();
         let sync_now = config.flush == FlushPolicy::EveryAppend;
-        let (base_offset, end, synced) = tokio::task::spawn_blocking(move || {
+        let (base_offset, end, synced, duplicate) = tokio::task::spawn_blocking(move || {
             let written = inner.write_batches(batches, stamp, now, &write_config);
             // The next append may write while this one waits for its fsync.
             drop(guard);
-            let (base, end) = written?;
+            let (base, end) = match written? {
+                Written::Batches { first, end } => (first, end),
+                // Answered like the original once that is durable too.
+                Written::Duplicate { first, last } => {
+                    return Ok::<_, LogError>((first, last + 1, false, true));
+                }
+            };
             // When no fsync is running, do it on this thread: handing it to
             // another blocking thread costs a wake-up per append (measured:
             // ~10% of a 64 KiB acks=all produce). Otherwise join the running
@@ -571,9 +689,9 @@ impl PartitionLog {
                 if inner.flushed.load(Ordering::Acquire) < end {
                     inner.sync_active()?;
                 }
-                return Ok((base, end, true));
+                return Ok((base, end, true, false));
             }
-            Ok((base, end, false))
+            Ok((base, end, false, false))
         })
         .await
         .map_err(LogError::join)??;
@@ -583,10 +701,16 @@ impl PartitionLog {
             FlushPolicy::Interval(every) => self.schedule_flush(every),
             FlushPolicy::Os => {}
         }
+        if duplicate {
+            metrics::counter!("runnel_duplicate_batches_total", "topic" => self.inner.topic.clone())
+                .increment(1);
+        }
         Ok(AppendInfo {
             base_offset,
             last_offset: end - 1,
-            log_append_time_ms: (config.log_append_time && matches!(stamp, Stamp::Leader(_)))
+            log_append_time_ms: (config.log_append_time
+                && matches!(stamp, Stamp::Leader(_))
+                && !duplicate)
                 .then_some(now),
         })
     }
@@ -1169,6 +1293,7 @@ impl Inner {
             self.metrics.size_bytes.set(state.size_bytes as f64);
         }
         self.lower_ends(new_end)?;
+        self.reload_producers(new_end)?;
         tracing::info!(dir = %self.dir.display(), from = log_end, to = new_end, "log truncated");
         Ok(new_end)
     }
@@ -1225,6 +1350,10 @@ impl Inner {
         epochs
             .store(&self.dir)
             .map_err(LogError::io_path("write epoch checkpoint", &self.dir))?;
+        *self.producers.lock() = ProducerStates::default();
+        for (_, path) in producer_snapshots(&self.dir) {
+            let _ = fs::remove_file(path);
+        }
         tracing::info!(dir = %self.dir.display(), offset, "log emptied and restarted");
         Ok(offset)
     }
@@ -1315,6 +1444,41 @@ impl Inner {
         }
     }
 
+    /// Writes the producer state as of `offset` (everything below it is
+    /// recorded) to `<offset>.snapshot` and keeps only the two newest
+    /// snapshots. A failure only costs a longer scan at the next open.
+    fn snapshot_producers(&self, offset: i64) {
+        let bytes = {
+            let producers = self.producers.lock();
+            if producers.is_empty() {
+                return;
+            }
+            producers.to_snapshot(offset)
+        };
+        let path = segment_path(&self.dir, offset, SNAPSHOT_EXT);
+        if let Err(e) = segment::write_file_durably(&path, &bytes) {
+            tracing::warn!(path = %path.display(), error = %e, "cannot write the producer snapshot");
+            return;
+        }
+        for (_, old) in producer_snapshots(&self.dir).into_iter().skip(2) {
+            let _ = fs::remove_file(old);
+        }
+    }
+
+    /// Rebuilds the producer state after a truncation to `end`: snapshots
+    /// past it go, the rest is replayed.
+    fn reload_producers(&self, end: i64) -> Result<(), LogError> {
+        for (offset, path) in producer_snapshots(&self.dir) {
+            if offset > end {
+                let _ = fs::remove_file(path);
+            }
+        }
+        let segments = self.state.lock().segments.clone();
+        let state = load_producers(&self.dir, &segments, &self.files, end)?;
+        *self.producers.lock() = state;
+        Ok(())
+    }
+
     /// The local end moved to `end` (written, or fsynced, per the flush
     /// policy); without replication that is the high watermark too.
     fn advance_local_end(&self, end: i64) {
@@ -1355,8 +1519,32 @@ impl Inner {
         stamp: Stamp,
         now: i64,
         config: &LogConfig,
-    ) -> Result<(i64, i64), LogError> {
+    ) -> Result<Written, LogError> {
         self.check_writable()?;
+        if let (Stamp::Leader(_), [(header, _)]) = (stamp, batches.as_slice())
+            && let Some(seq) = BatchSeq::from_header(header)
+        {
+            match self.producers.lock().check(&seq)? {
+                SeqCheck::Append => {}
+                SeqCheck::Duplicate {
+                    first_offset,
+                    last_offset,
+                } => {
+                    return Ok(Written::Duplicate {
+                        first: first_offset,
+                        last: last_offset,
+                    });
+                }
+            }
+        } else if matches!(stamp, Stamp::Leader(_))
+            && batches.len() > 1
+            && batches.iter().any(|(h, _)| h.producer_id >= 0)
+        {
+            // Kafka's rule too: one batch per partition per produce request.
+            return Err(LogError::InvalidBatch(
+                "an idempotent producer's batch must be appended alone".into(),
+            ));
+        }
         let segment_limit = config.segment_bytes.clamp(1, MAX_SEGMENT_BYTES);
         let mut cursor = {
             let state = self.state.lock();
@@ -1419,6 +1607,7 @@ impl Inner {
                 position: cursor.size + start as u64,
                 len,
                 max_timestamp,
+                seq: BatchSeq::from_header(header).map(|s| s.at(cursor.end)),
             });
             cursor.end += i64::from(header.last_offset_delta) + 1;
         }
@@ -1426,7 +1615,10 @@ impl Inner {
         if config.flush != FlushPolicy::EveryAppend {
             self.advance_local_end(cursor.end);
         }
-        Ok((first_offset, cursor.end))
+        Ok(Written::Batches {
+            first: first_offset,
+            end: cursor.end,
+        })
     }
 
     /// Writes the buffer at the end of the active segment, then publishes
@@ -1478,6 +1670,11 @@ impl Inner {
                 info.max_timestamp_offset = max_timestamp_offset;
             }
             state.size_bytes += written;
+            let mut producers = self.producers.lock();
+            for seq in pending.iter().filter_map(|b| b.seq) {
+                producers.record(seq);
+            }
+            drop(producers);
             self.log_end.store(cursor.end, Ordering::Release);
             self.metrics.size_bytes.set(state.size_bytes as f64);
         }
@@ -1527,6 +1724,7 @@ impl Inner {
             .open(&path)
             .map_err(LogError::io_path("create", &path))?;
         self.files.insert(&path, Arc::new(file));
+        self.snapshot_producers(new_base);
         if config.flush != FlushPolicy::Os {
             segment::sync_dir(&self.dir).map_err(LogError::io_path("fsync", &self.dir))?;
         }
@@ -1938,7 +2136,7 @@ mod tests {
         // Write a second batch the way an EveryAppend append does before
         // its fsync: log end moves, the high watermark does not.
         let inner = log.inner.clone();
-        let (_, end) = inner
+        let written = inner
             .write_batches(
                 vec![batch(&[30, 99])],
                 Stamp::Leader(0),
@@ -1949,14 +2147,19 @@ mod tests {
                 },
             )
             .unwrap();
+        let Written::Batches { end, .. } = written else {
+            panic!("not a duplicate")
+        };
         assert_eq!((log.high_watermark(), log.log_end_offset(), end), (2, 4, 4));
         let visible = log.read(0, 1 << 20).await.unwrap();
         assert_eq!(
             BatchHeader::parse(&visible).unwrap().total_len(),
             visible.len()
         );
+        // Written but not yet visible: nothing to read, but not out of range.
+        assert!(log.read(3, 100).await.unwrap().is_empty());
         assert!(matches!(
-            log.read(3, 100).await,
+            log.read(5, 100).await,
             Err(LogError::OffsetOutOfRange { end: 2, .. })
         ));
         assert_eq!(log.offset_for_timestamp(25).await.unwrap(), None);

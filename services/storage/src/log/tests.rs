@@ -1315,3 +1315,94 @@ async fn a_follower_behind_its_leaders_log_start_restarts_there() {
     assert_eq!((log.log_start_offset(), log.log_end_offset()), (100, 100));
     assert_eq!(log.latest_epoch(), None);
 }
+
+/// A batch of `n` records from idempotent producer `pid` at `epoch`,
+/// numbered from `seq`.
+fn idempotent_batch(pid: i64, epoch: i16, seq: i32, n: usize) -> (BatchHeader, Bytes) {
+    let (_, bytes) = batch_of(n, 1_000, &format!("p{pid}-{seq}"));
+    let mut bytes = bytes.to_vec();
+    batch::set_producer(&mut bytes, pid, epoch, seq);
+    (batch::validate(&bytes).unwrap(), Bytes::from(bytes))
+}
+
+#[tokio::test]
+async fn idempotent_retries_are_written_once_and_survive_restart_and_failover() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = PartitionLog::open(dir.path(), small_segments()).unwrap();
+    let mut offsets = Vec::new();
+    for i in 0..30 {
+        let info = log
+            .append(vec![idempotent_batch(42, 0, i * 4, 4)], 0)
+            .await
+            .unwrap();
+        offsets.push((info.base_offset, info.last_offset));
+    }
+    assert_eq!(offsets[29], (116, 119));
+    // A retry of the newest batch: the same offsets, nothing written.
+    let retry = log
+        .append(vec![idempotent_batch(42, 0, 116, 4)], 0)
+        .await
+        .unwrap();
+    assert_eq!((retry.base_offset, retry.last_offset), (116, 119));
+    assert_eq!(log.log_end_offset(), 120);
+    // A gap, an old epoch, a new epoch not at 0.
+    assert!(matches!(
+        log.append(vec![idempotent_batch(42, 0, 200, 1)], 0).await,
+        Err(LogError::Sequence(SeqError::OutOfOrder { .. }))
+    ));
+    assert!(matches!(
+        log.append(vec![idempotent_batch(42, 1, 3, 1)], 0).await,
+        Err(LogError::Sequence(SeqError::NewEpochNotAtZero { .. }))
+    ));
+    // Idempotent batches are appended alone.
+    assert!(matches!(
+        log.append(
+            vec![idempotent_batch(42, 0, 120, 1), batch_of(1, 5, "x")],
+            0
+        )
+        .await,
+        Err(LogError::InvalidBatch(_))
+    ));
+    assert!(
+        segment_files(dir.path(), "snapshot").len() <= 2,
+        "old producer snapshots are removed"
+    );
+    assert!(!segment_files(dir.path(), "snapshot").is_empty());
+
+    // After a restart (snapshot at the last roll + the active segment),
+    // the retry is still recognised.
+    drop(log);
+    let log = PartitionLog::open(dir.path(), small_segments()).unwrap();
+    let retry = log
+        .append(vec![idempotent_batch(42, 0, 112, 4)], 0)
+        .await
+        .unwrap();
+    assert_eq!((retry.base_offset, retry.last_offset), (112, 115));
+    assert_eq!(log.log_end_offset(), 120);
+
+    // A follower that copied the log recognises it too (a new leader).
+    let follower_dir = tempfile::tempdir().unwrap();
+    let follower = PartitionLog::open(follower_dir.path(), replicated(small_segments())).unwrap();
+    let mut offset = 0;
+    while offset < log.log_end_offset() {
+        let chunk = log.read_replica(offset, 700).await.unwrap();
+        offset = follower.append_replica(chunk).await.unwrap().last_offset + 1;
+    }
+    let retry = follower
+        .append(vec![idempotent_batch(42, 0, 116, 4)], 1)
+        .await
+        .unwrap();
+    assert_eq!((retry.base_offset, retry.last_offset), (116, 119));
+    let next = follower
+        .append(vec![idempotent_batch(42, 0, 120, 2)], 1)
+        .await
+        .unwrap();
+    assert_eq!((next.base_offset, next.last_offset), (120, 121));
+    // Truncating the last batch forgets it: sent again, it is new.
+    follower.truncate_to(120).await.unwrap();
+    let again = follower
+        .append(vec![idempotent_batch(42, 0, 120, 2)], 1)
+        .await
+        .unwrap();
+    assert_eq!((again.base_offset, again.last_offset), (120, 121));
+}
