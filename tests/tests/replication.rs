@@ -558,3 +558,47 @@ async fn idempotent_retries_are_deduplicated_across_a_failover() {
         "every record once, in order"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_node_killed_at_once_keeps_every_acknowledged_record() {
+    const TOPIC: &str = "blackout";
+    const PARTITIONS: i32 = 3;
+    let mut cluster = ProcessCluster::start(ProcessSpec {
+        storage_nodes: 3,
+        ..ProcessSpec::default()
+    })
+    .await;
+    let admin = Admin::connect(cluster.coordinator()).unwrap();
+    let mut topic = NewTopic::new(TOPIC, PARTITIONS).config("min.insync.replicas", "2");
+    topic.replication_factor = 3;
+    admin.create_topic(topic).await.unwrap();
+    wait_topic_ready(cluster.coordinator(), Some(cluster.ingest()), TOPIC).await;
+    wait_fully_in_sync(&admin, TOPIC, 3).await;
+
+    let producer = acks_all_producer(&cluster, Duration::from_secs(5), 0);
+    let stop = Arc::new(AtomicBool::new(false));
+    let counter = Arc::new(AtomicUsize::new(0));
+    let task = produce_until(producer, TOPIC, PARTITIONS, stop.clone(), counter.clone());
+    keep_producing_for(&counter, 3000, "records flowing before the blackout").await;
+    // Power cut: every storage node dies at once, mid-stream.
+    for id in 1..=3 {
+        cluster.storage_node(id).kill_9();
+    }
+    stop.store(true, Ordering::SeqCst);
+    let outcomes = task.await.unwrap();
+    for id in 1..=3 {
+        cluster.storage_node(id).restart().await;
+    }
+    wait_fully_in_sync(&admin, TOPIC, 3).await;
+    wait_replicas_identical(&cluster, TOPIC).await;
+    let acked: Vec<_> = outcomes
+        .into_iter()
+        .filter_map(|(i, _, o)| o.ok().map(|m| (i, m)))
+        .collect();
+    assert!(acked.len() >= 3000, "{} acknowledged", acked.len());
+    check_acked_present(cluster.coordinator(), TOPIC, &acked).await;
+    eprintln!(
+        "{} acknowledged records survived killing every node at once",
+        acked.len()
+    );
+}

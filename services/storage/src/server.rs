@@ -44,7 +44,16 @@ pub async fn serve(
     let data_dir = config.data_dir.clone();
     tracing::info!(data_dir = %data_dir.display(), "opening partition logs (recovering unclean tails)");
     let logs = tokio::task::spawn_blocking(move || {
-        LogManager::open_with(&data_dir, LogManagerOptions::default())
+        // Until the metadata says otherwise a log counts as replicated: it
+        // shows nothing above its start until its high watermark is known.
+        let options = LogManagerOptions {
+            default_config: crate::log::LogConfig {
+                replicated: true,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        LogManager::open_with(&data_dir, options)
     })
     .await
     .map_err(|e| ServeError::Config(format!("log manager start-up panicked: {e}")))??;

@@ -472,7 +472,11 @@ impl PartitionLog {
         };
         let size_bytes = segments.values().map(|s| s.size).sum();
         let log_end = scanned.end_offset;
-        let (hw_tx, _) = watch::channel(log_end);
+        // A replicated log cannot know what its in-sync replicas hold
+        // until they say: nothing is visible until the leader's high
+        // watermark (or the follower's, from its leader) moves.
+        let high_watermark = if config.replicated { bases[0] } else { log_end };
+        let (hw_tx, _) = watch::channel(high_watermark);
         let (local_tx, _) = watch::channel(log_end);
         let epochs = load_epochs(dir, &segments, &files, log_end)?;
         let producers = load_producers(dir, &segments, &files, log_end)?;
@@ -500,7 +504,7 @@ impl PartitionLog {
                 log_end: AtomicI64::new(log_end),
                 local_end: AtomicI64::new(log_end),
                 local_tx,
-                high_watermark: AtomicI64::new(log_end),
+                high_watermark: AtomicI64::new(high_watermark),
                 epochs: Mutex::new(epochs),
                 producers: Mutex::new(producers),
                 flushed: AtomicI64::new(log_end),
@@ -521,9 +525,14 @@ impl PartitionLog {
         self.inner.config.read().clone()
     }
 
-    /// Replaces the config; it applies from the next append on.
+    /// Replaces the config; it applies from the next append on. A log that
+    /// stops being replicated shows everything it holds durably.
     pub fn set_config(&self, config: LogConfig) {
+        let replicated = config.replicated;
         *self.inner.config.write() = config;
+        if !replicated {
+            self.inner.set_high_watermark(self.local_end_offset());
+        }
     }
 
     /// The first offset in the log.
