@@ -602,3 +602,103 @@ async fn every_node_killed_at_once_keeps_every_acknowledged_record() {
         acked.len()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_moves_to_other_nodes_with_the_cli_while_it_takes_writes() {
+    const TOPIC: &str = "moving";
+    let cluster = ProcessCluster::start(ProcessSpec {
+        storage_nodes: 4,
+        ..ProcessSpec::default()
+    })
+    .await;
+    let admin = Admin::connect(cluster.coordinator()).unwrap();
+    let mut topic = NewTopic::new(TOPIC, 1).config("segment.bytes", "65536");
+    topic.replication_factor = 2;
+    admin.create_topic(topic).await.unwrap();
+    wait_topic_ready(cluster.coordinator(), Some(cluster.ingest()), TOPIC).await;
+    let before = wait_fully_in_sync(&admin, TOPIC, 2).await.remove(0);
+    let to: Vec<i32> = (1..=4).filter(|n| !before.replicas.contains(n)).collect();
+
+    let producer = acks_all_producer(&cluster, Duration::from_secs(30), 20);
+    let stop = Arc::new(AtomicBool::new(false));
+    let counter = Arc::new(AtomicUsize::new(0));
+    let task = produce_until(producer, TOPIC, 1, stop.clone(), counter.clone());
+    keep_producing_for(&counter, 5000, "a log worth copying").await;
+
+    // Throttled to 2 MB/s; the CLI prints progress until the move is done.
+    let bin = tokio::task::spawn_blocking(runnel_e2e::runnel_binary)
+        .await
+        .unwrap();
+    let replicas = to.iter().map(i32::to_string).collect::<Vec<_>>().join(",");
+    let out = tokio::process::Command::new(bin)
+        .args([
+            "partitions",
+            "reassign",
+            TOPIC,
+            "0",
+            "--replicas",
+            &replicas,
+        ])
+        .args([
+            "--throttle",
+            "2000000",
+            "--coordinator",
+            cluster.coordinator(),
+        ])
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("done"), "{stdout}");
+    stop.store(true, Ordering::SeqCst);
+    let outcomes = task.await.unwrap();
+
+    let after = partitions(&admin, TOPIC).await.unwrap().remove(0);
+    assert_eq!(after.replicas, to);
+    assert!(to.contains(&after.leader), "{after:?}");
+    assert!(after.target_replicas.is_empty());
+    // The old replicas drop their copy; the new ones hold the same bytes.
+    eventually("the old replicas removed their copies", SOON, || async {
+        let mut holders = Vec::new();
+        for node in &cluster.storage {
+            let dirs = storage_client(&node.address)
+                .describe_log_dirs(storage_pb::DescribeLogDirsRequest {
+                    topics: vec![TOPIC.to_string()],
+                })
+                .await
+                .map_err(|e| e.to_string())?
+                .into_inner();
+            let sizes: Vec<i64> = dirs
+                .log_dirs
+                .iter()
+                .flat_map(|d| &d.partitions)
+                .map(|p| p.size_bytes)
+                .collect();
+            if !sizes.is_empty() {
+                holders.push((node.id, sizes[0]));
+            }
+        }
+        let ids: Vec<i32> = holders.iter().map(|h| h.0).collect();
+        if ids == to && holders[0].1 == holders[1].1 {
+            Ok(())
+        } else {
+            Err(format!("(node, size) holding a copy: {holders:?}"))
+        }
+    })
+    .await;
+    let acked: Vec<_> = outcomes
+        .into_iter()
+        .filter_map(|(i, _, o)| o.ok().map(|m| (i, m)))
+        .collect();
+    check_acked_present(cluster.coordinator(), TOPIC, &acked).await;
+    eprintln!(
+        "moved {TOPIC}-0 from {:?} to {to:?} under load; {} acknowledged records present; progress:\n{stdout}",
+        before.replicas,
+        acked.len()
+    );
+}

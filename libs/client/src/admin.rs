@@ -111,6 +111,40 @@ impl Admin {
             .ok_or_else(|| ClientError::UnknownTopic(name.into()))
     }
 
+    /// Starts moving a partition to a new replica set (preferred leader
+    /// first), its new replicas copying at most `throttle_bytes_per_sec`
+    /// (0: unlimited) until in sync. Follow it with [`Admin::describe_topic`].
+    pub async fn reassign_partition(
+        &self,
+        topic: &str,
+        partition: i32,
+        replicas: Vec<i32>,
+        throttle_bytes_per_sec: i64,
+    ) -> Result<(), ClientError> {
+        self.client
+            .clone()
+            .reassign_partition(pb::ReassignPartitionRequest {
+                topic: topic.into(),
+                partition,
+                replicas,
+                throttle_bytes_per_sec,
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Moves leadership to each partition's preferred replica where it is
+    /// in sync (all topics when `topics` is empty); returns how many moved.
+    pub async fn elect_preferred_leaders(&self, topics: Vec<String>) -> Result<i32, ClientError> {
+        Ok(self
+            .client
+            .clone()
+            .elect_preferred_leaders(pb::ElectPreferredLeadersRequest { topics })
+            .await?
+            .into_inner()
+            .elected)
+    }
+
     /// Sets and removes topic configs; every value is validated first.
     pub async fn alter_configs(
         &self,

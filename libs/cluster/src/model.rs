@@ -87,9 +87,33 @@ pub struct PartitionRecord {
     pub leader_epoch: i32,
     pub replicas: Vec<i32>,
     pub isr: Vec<i32>,
+    /// A reassignment in progress: the replica set to end with. Until all
+    /// of these are in sync, `replicas` is the old set plus the new nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_replicas: Option<Vec<i32>>,
+    /// Bytes per second a replica catching up during a reassignment may
+    /// copy (0: no limit).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub throttle_bytes_per_sec: i64,
+}
+
+fn is_zero(n: &i64) -> bool {
+    *n == 0
 }
 
 impl PartitionRecord {
+    /// A new partition led by the first of its replicas, all in sync.
+    pub fn new(replicas: Vec<i32>) -> Self {
+        PartitionRecord {
+            leader: replicas.first().copied().unwrap_or(-1),
+            leader_epoch: 0,
+            isr: replicas.clone(),
+            replicas,
+            target_replicas: None,
+            throttle_bytes_per_sec: 0,
+        }
+    }
+
     pub fn is_offline(&self) -> bool {
         self.leader < 0
     }

@@ -21,6 +21,10 @@ pub struct CoordinatorConfig {
     pub default_replication_factor: i32,
     /// Upper bound on partitions per topic, against typos like 1000000.
     pub max_partitions_per_topic: i32,
+    /// How often the controller gives leadership back to preferred replicas
+    /// that are in sync again (Kafka's
+    /// `leader.imbalance.check.interval.seconds`); 0 turns it off.
+    pub leader_rebalance_interval_secs: u64,
 }
 
 impl Default for CoordinatorConfig {
@@ -34,6 +38,7 @@ impl Default for CoordinatorConfig {
             lease_ttl_secs: 10,
             default_replication_factor: 1,
             max_partitions_per_topic: 10_000,
+            leader_rebalance_interval_secs: 300,
         }
     }
 }

@@ -147,11 +147,21 @@ impl Controller {
         let mut keepalive = tokio::time::interval(ttl / 3);
         keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_ok = tokio::time::Instant::now();
+        let every = Duration::from_secs(self.config.leader_rebalance_interval_secs.max(1));
+        let mut rebalance = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        rebalance.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Make sure the reconcile below runs once right away.
         changes.mark_changed();
         loop {
             tokio::select! {
                 _ = shutdown.changed() => return true,
+                _ = rebalance.tick(), if self.config.leader_rebalance_interval_secs > 0 => {
+                    match self.elect_preferred_leaders(&[]).await {
+                        Ok(0) => {}
+                        Ok(moved) => tracing::info!(moved, "leadership back on preferred replicas"),
+                        Err(e) => tracing::warn!(error = %e, "preferred leader election failed"),
+                    }
+                }
                 _ = keepalive.tick() => {
                     match self.store.keep_alive(lease).await {
                         Ok(()) => last_ok = tokio::time::Instant::now(),
@@ -221,6 +231,14 @@ impl Controller {
                 if elect(state, &live, unclean).is_some() {
                     self.update_partition(name, p, |current| elect(current, &live, unclean))
                         .await?;
+                } else if advance_reassignment(state, &live).is_some() {
+                    self.update_partition(name, p, |current| {
+                        elect(current, &live, unclean)
+                            .is_none()
+                            .then(|| advance_reassignment(current, &live))
+                            .flatten()
+                    })
+                    .await?;
                 }
                 if next_offline(state, &live) {
                     offline += 1;
@@ -286,6 +304,94 @@ impl Controller {
                 CasOutcome::Conflict(_) => continue,
             }
         }
+    }
+
+    /// Starts moving a partition to `replicas` (see
+    /// [`advance_reassignment`]); the reconcile loop carries it through.
+    pub async fn reassign_partition(
+        &self,
+        topic: &str,
+        partition: i32,
+        replicas: Vec<i32>,
+        throttle_bytes_per_sec: i64,
+    ) -> Result<(), CoordinatorError> {
+        let md = self.watcher.current();
+        let t = md
+            .topic(topic)
+            .ok_or_else(|| CoordinatorError::NotFound(format!("topic {topic:?}")))?;
+        if !t.partitions.contains_key(&partition) {
+            return Err(CoordinatorError::NotFound(format!(
+                "partition {topic}-{partition}"
+            )));
+        }
+        let distinct: BTreeSet<i32> = replicas.iter().copied().collect();
+        if replicas.is_empty() || distinct.len() != replicas.len() {
+            return Err(CoordinatorError::Invalid(format!(
+                "the new replica set {replicas:?} must name distinct nodes"
+            )));
+        }
+        if let Some(n) = replicas.iter().find(|n| !md.nodes.contains_key(n)) {
+            return Err(CoordinatorError::Invalid(format!(
+                "storage node {n} is not live"
+            )));
+        }
+        if throttle_bytes_per_sec < 0 {
+            return Err(CoordinatorError::Invalid(
+                "the throttle cannot be negative".into(),
+            ));
+        }
+        self.update_partition(topic, partition, |current| {
+            (current.target_replicas.is_none() && current.replicas != replicas).then(|| {
+                PartitionRecord {
+                    target_replicas: Some(replicas.clone()),
+                    throttle_bytes_per_sec,
+                    ..current.clone()
+                }
+            })
+        })
+        .await?;
+        let now = self
+            .store
+            .get(&self.keys.partition(topic, partition))
+            .await?;
+        let state = now.and_then(|kv| serde_json::from_slice::<PartitionRecord>(&kv.value).ok());
+        match state {
+            Some(s) if s.target_replicas.as_ref() == Some(&replicas) || s.replicas == replicas => {
+                tracing::info!(%topic, partition, from = ?s.replicas, to = ?replicas, throttle_bytes_per_sec, "partition reassignment started");
+                Ok(())
+            }
+            Some(s) => Err(CoordinatorError::Invalid(format!(
+                "{topic}-{partition} is already moving to {:?}",
+                s.target_replicas.unwrap_or_default()
+            ))),
+            None => Err(CoordinatorError::NotFound(format!(
+                "partition {topic}-{partition}"
+            ))),
+        }
+    }
+
+    /// Moves leadership to the preferred replica wherever [`prefer`] says
+    /// so, for `topics` (all when empty). Returns how many moved.
+    pub async fn elect_preferred_leaders(
+        &self,
+        topics: &[String],
+    ) -> Result<i32, CoordinatorError> {
+        let md = self.watcher.current();
+        let live: BTreeSet<i32> = md.nodes.keys().copied().collect();
+        let mut moved = 0;
+        for (name, topic) in &md.topics {
+            if !topics.is_empty() && !topics.contains(name) {
+                continue;
+            }
+            for (&p, state) in &topic.partitions {
+                if prefer(state, &live).is_some() {
+                    self.update_partition(name, p, |current| prefer(current, &live))
+                        .await?;
+                    moved += 1;
+                }
+            }
+        }
+        Ok(moved)
     }
 
     async fn put_partition(
@@ -586,12 +692,7 @@ impl Controller {
 }
 
 fn new_partition(replicas: Vec<i32>) -> PartitionRecord {
-    PartitionRecord {
-        leader: replicas.first().copied().unwrap_or(-1),
-        leader_epoch: 0,
-        isr: replicas.clone(),
-        replicas,
-    }
+    PartitionRecord::new(replicas)
 }
 
 /// Replica lists for a new topic's partitions, balanced over live nodes:
@@ -651,8 +752,8 @@ pub fn elect(
     let next = |leader: i32, isr: Vec<i32>| PartitionRecord {
         leader,
         leader_epoch: state.leader_epoch + 1,
-        replicas: state.replicas.clone(),
         isr,
+        ..state.clone()
     };
     if let Some(&leader) = live_isr.first() {
         return Some(next(leader, live_isr));
@@ -661,6 +762,69 @@ pub fn elect(
         return Some(next(leader, vec![leader]));
     }
     (state.leader >= 0).then(|| next(-1, state.isr.clone()))
+}
+
+/// The next step of a reassignment in progress, if one is due: first the
+/// new replicas join the replica set (they start copying the log); once
+/// every target replica is in the ISR, the set becomes the target, replicas
+/// outside it leave the ISR, and if the leader leaves, the first live
+/// in-sync target replica takes over (with a new epoch).
+pub fn advance_reassignment(
+    state: &PartitionRecord,
+    live: &BTreeSet<i32>,
+) -> Option<PartitionRecord> {
+    let target = state.target_replicas.as_ref()?;
+    let mut union = state.replicas.clone();
+    union.extend(target.iter().filter(|n| !state.replicas.contains(n)));
+    if union != state.replicas {
+        return Some(PartitionRecord {
+            replicas: union,
+            ..state.clone()
+        });
+    }
+    if !target.iter().all(|n| state.isr.contains(n)) {
+        return None;
+    }
+    let isr: Vec<i32> = state
+        .isr
+        .iter()
+        .copied()
+        .filter(|n| target.contains(n))
+        .collect();
+    let (leader, leader_epoch) = if target.contains(&state.leader) {
+        (state.leader, state.leader_epoch)
+    } else {
+        // The first of the new set, in its order of preference.
+        let next = target
+            .iter()
+            .copied()
+            .find(|n| isr.contains(n) && live.contains(n))
+            .unwrap_or(-1);
+        (next, state.leader_epoch + 1)
+    };
+    Some(PartitionRecord {
+        leader,
+        leader_epoch,
+        replicas: target.clone(),
+        isr,
+        target_replicas: None,
+        throttle_bytes_per_sec: 0,
+    })
+}
+
+/// Leadership back to the preferred replica (the first) when it is live, in
+/// sync and not the leader, and no reassignment is under way.
+pub fn prefer(state: &PartitionRecord, live: &BTreeSet<i32>) -> Option<PartitionRecord> {
+    let preferred = *state.replicas.first()?;
+    let due = state.target_replicas.is_none()
+        && state.leader != preferred
+        && live.contains(&preferred)
+        && state.isr.contains(&preferred);
+    due.then(|| PartitionRecord {
+        leader: preferred,
+        leader_epoch: state.leader_epoch + 1,
+        ..state.clone()
+    })
 }
 
 fn next_offline(state: &PartitionRecord, live: &BTreeSet<i32>) -> bool {
@@ -710,8 +874,7 @@ mod tests {
         let p = PartitionRecord {
             leader: 1,
             leader_epoch: 4,
-            replicas: vec![1, 2],
-            isr: vec![1, 2],
+            ..PartitionRecord::new(vec![1, 2])
         };
         let live: BTreeSet<i32> = [2].into();
         let next = elect(&p, &live, false).unwrap();
@@ -732,12 +895,69 @@ mod tests {
     }
 
     #[test]
+    fn reassignment_adds_then_waits_for_sync_then_drops_the_old_replicas() {
+        let live: BTreeSet<i32> = [1, 2, 3, 4].into();
+        let start = PartitionRecord {
+            target_replicas: Some(vec![3, 4]),
+            throttle_bytes_per_sec: 1000,
+            ..PartitionRecord::new(vec![1, 2])
+        };
+        let adding = advance_reassignment(&start, &live).unwrap();
+        assert_eq!(
+            (adding.replicas.clone(), adding.leader),
+            (vec![1, 2, 3, 4], 1)
+        );
+        assert_eq!(
+            advance_reassignment(&adding, &live),
+            None,
+            "waits for 3 and 4 to sync"
+        );
+        let synced = PartitionRecord {
+            isr: vec![1, 2, 3, 4],
+            ..adding
+        };
+        let done = advance_reassignment(&synced, &live).unwrap();
+        assert_eq!(done.replicas, vec![3, 4]);
+        assert_eq!(done.isr, vec![3, 4]);
+        assert_eq!(
+            (done.leader, done.leader_epoch),
+            (3, 1),
+            "the leader left: new epoch"
+        );
+        assert_eq!(
+            (done.target_replicas, done.throttle_bytes_per_sec),
+            (None, 0)
+        );
+        assert_eq!(
+            advance_reassignment(&PartitionRecord::new(vec![1]), &live),
+            None
+        );
+    }
+
+    #[test]
+    fn preferred_leader_returns_when_in_sync() {
+        let live: BTreeSet<i32> = [1, 2].into();
+        let p = PartitionRecord {
+            leader: 2,
+            leader_epoch: 3,
+            isr: vec![2],
+            ..PartitionRecord::new(vec![1, 2])
+        };
+        assert_eq!(prefer(&p, &live), None, "1 is not in sync yet");
+        let synced = PartitionRecord {
+            isr: vec![2, 1],
+            ..p
+        };
+        let back = prefer(&synced, &live).unwrap();
+        assert_eq!((back.leader, back.leader_epoch), (1, 4));
+        assert_eq!(prefer(&back, &live), None);
+    }
+
+    #[test]
     fn dead_followers_leave_the_isr_and_unclean_election_is_opt_in() {
         let p = PartitionRecord {
-            leader: 1,
             leader_epoch: 2,
-            replicas: vec![1, 2, 3],
-            isr: vec![1, 2, 3],
+            ..PartitionRecord::new(vec![1, 2, 3])
         };
         let live: BTreeSet<i32> = [1, 3].into();
         let next = elect(&p, &live, false).unwrap();

@@ -15,6 +15,10 @@ pub enum CoordinatorError {
     TopicExists(String),
     #[error("topic {0:?} does not exist")]
     TopicNotFound(String),
+    #[error("not found: {0}")]
+    NotFound(String),
+    #[error("invalid request: {0}")]
+    Invalid(String),
     #[error("no storage node is live; start one and retry")]
     NoLiveNodes,
     #[error("no active controller right now; retry shortly")]
@@ -37,6 +41,8 @@ impl CoordinatorError {
             CoordinatorError::InvalidReplicationFactor { .. } => "invalid_replication_factor",
             CoordinatorError::TopicExists(_) => "topic_exists",
             CoordinatorError::TopicNotFound(_) => "topic_not_found",
+            CoordinatorError::NotFound(_) => "not_found",
+            CoordinatorError::Invalid(_) => "invalid",
             CoordinatorError::NoLiveNodes => "no_live_nodes",
             CoordinatorError::NoController => "no_controller",
             CoordinatorError::Meta(_) => "metastore",
@@ -51,11 +57,12 @@ impl From<CoordinatorError> for tonic::Status {
         match e {
             CoordinatorError::InvalidConfig(_)
             | CoordinatorError::InvalidPartitions(..)
-            | CoordinatorError::InvalidReplicationFactor { .. } => {
-                Status::invalid_argument(e.to_string())
-            }
+            | CoordinatorError::InvalidReplicationFactor { .. }
+            | CoordinatorError::Invalid(_) => Status::invalid_argument(e.to_string()),
             CoordinatorError::TopicExists(_) => Status::already_exists(e.to_string()),
-            CoordinatorError::TopicNotFound(_) => Status::not_found(e.to_string()),
+            CoordinatorError::TopicNotFound(_) | CoordinatorError::NotFound(_) => {
+                Status::not_found(e.to_string())
+            }
             CoordinatorError::NoLiveNodes
             | CoordinatorError::NoController
             | CoordinatorError::Meta(_) => Status::unavailable(e.to_string()),

@@ -65,6 +65,7 @@ fn partition_info(p: i32, s: &PartitionRecord) -> pb::PartitionInfo {
         leader_epoch: s.leader_epoch,
         replicas: s.replicas.clone(),
         isr: s.isr.clone(),
+        target_replicas: s.target_replicas.clone().unwrap_or_default(),
         offline: s.is_offline(),
     }
 }
@@ -303,6 +304,50 @@ impl CoordinatorService for CoordinatorGrpc {
         Ok(Response::new(pb::CreatePartitionsResponse {
             topic: Some(topic_info(&record, &partitions)),
         }))
+    }
+
+    async fn reassign_partition(
+        &self,
+        request: Request<pb::ReassignPartitionRequest>,
+    ) -> Result<Response<pb::ReassignPartitionResponse>, Status> {
+        let mut m = RequestMetrics::start("coordinator", "ReassignPartition");
+        let req = request.into_inner();
+        if let Some((address, mut client)) = self.forward_target().map_err(|e| fail(&mut m, e))? {
+            return client
+                .reassign_partition(req)
+                .await
+                .map_err(|status| fail(&mut m, CoordinatorError::Forward { address, status }));
+        }
+        self.controller
+            .reassign_partition(
+                &req.topic,
+                req.partition,
+                req.replicas,
+                req.throttle_bytes_per_sec,
+            )
+            .await
+            .map_err(|e| fail(&mut m, e))?;
+        Ok(Response::new(pb::ReassignPartitionResponse {}))
+    }
+
+    async fn elect_preferred_leaders(
+        &self,
+        request: Request<pb::ElectPreferredLeadersRequest>,
+    ) -> Result<Response<pb::ElectPreferredLeadersResponse>, Status> {
+        let mut m = RequestMetrics::start("coordinator", "ElectPreferredLeaders");
+        let req = request.into_inner();
+        if let Some((address, mut client)) = self.forward_target().map_err(|e| fail(&mut m, e))? {
+            return client
+                .elect_preferred_leaders(req)
+                .await
+                .map_err(|status| fail(&mut m, CoordinatorError::Forward { address, status }));
+        }
+        let elected = self
+            .controller
+            .elect_preferred_leaders(&req.topics)
+            .await
+            .map_err(|e| fail(&mut m, e))?;
+        Ok(Response::new(pb::ElectPreferredLeadersResponse { elected }))
     }
 
     async fn get_controller(

@@ -5,12 +5,15 @@
 //! - [`dev`]: every role in one process on an embedded metastore, talking
 //!   gRPC over loopback like a real deployment;
 //! - [`perf`]: the produce/consume benchmark with its same-run disk baseline;
-//! - [`group_cli`]: `runnel group …`, consumer-group administration.
+//! - [`group_cli`]: `runnel group …`, consumer-group administration;
+//! - [`partitions_cli`]: `runnel partitions …`, reassignment and preferred
+//!   leaders.
 
 use anyhow::Context;
 
 pub mod dev;
 pub mod group_cli;
+pub mod partitions_cli;
 pub mod perf;
 pub mod settings;
 

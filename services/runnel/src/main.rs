@@ -49,6 +49,9 @@ enum Command {
     /// List, describe, delete consumer groups and reset their offsets.
     #[command(subcommand)]
     Group(runnel::group_cli::GroupCommand),
+    /// Move partition replicas between storage nodes; preferred leaders.
+    #[command(subcommand)]
+    Partitions(runnel::partitions_cli::PartitionsCommand),
     /// Benchmarks, each with a baseline measured in the same run.
     #[command(subcommand)]
     Perf(runnel::perf::PerfCommand),
@@ -479,6 +482,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Produce(args) => produce(args).await,
         Command::Consume(args) => consume(args).await,
         Command::Group(cmd) => runnel::group_cli::run(cmd).await,
+        Command::Partitions(cmd) => runnel::partitions_cli::run(cmd).await,
         Command::Perf(cmd) => runnel::perf::run(cmd).await,
     }
 }
@@ -550,13 +554,18 @@ fn print_topic(t: &runnel_client::TopicInfo) {
     }
     for p in &t.partitions {
         println!(
-            "  partition {}\tleader={}\tepoch={}\treplicas={:?}\tisr={:?}{}",
+            "  partition {}\tleader={}\tepoch={}\treplicas={:?}\tisr={:?}{}{}",
             p.partition,
             p.leader,
             p.leader_epoch,
             p.replicas,
             p.isr,
-            if p.offline { "\tOFFLINE" } else { "" }
+            if p.offline { "\tOFFLINE" } else { "" },
+            if p.target_replicas.is_empty() {
+                String::new()
+            } else {
+                format!("\tmoving_to={:?}", p.target_replicas)
+            }
         );
     }
 }

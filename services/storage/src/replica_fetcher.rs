@@ -131,8 +131,18 @@ async fn session(
         if followed_from(&node.watcher.current(), node.node_id, leader) != parts {
             return Ok(());
         }
+        let md = node.watcher.current();
         let mut fetching: Vec<(pb::ReplicaFetchPartition, PartitionLog)> = Vec::new();
+        let mut throttled: HashMap<(String, i32), i64> = HashMap::new();
         for ((topic, p), &epoch) in &parts {
+            // A replica a reassignment added copies at the throttled rate
+            // until it is in sync.
+            if let Some(state) = md.partition(topic, *p)
+                && state.throttle_bytes_per_sec > 0
+                && !state.isr.contains(&node.node_id)
+            {
+                throttled.insert((topic.clone(), *p), state.throttle_bytes_per_sec);
+            }
             if validated.get(&(topic.clone(), *p)) != Some(&epoch) {
                 continue;
             }
@@ -169,12 +179,21 @@ async fn session(
             .map_err(|e| e.to_string())?
             .ok_or("the leader closed the stream")?;
         let mut again = false;
+        let mut pause = Duration::ZERO;
         for (result, (asked, log)) in response.results.into_iter().zip(&fetching) {
             let key = (asked.topic.clone(), asked.partition);
+            if let Some(&rate) = throttled.get(&key) {
+                pause += Duration::from_secs_f64(result.records.len() as f64 / rate as f64);
+            }
             if !apply(leader, &key, result, asked, log).await {
                 validated.remove(&key);
                 again = true;
             }
+        }
+        if !pause.is_zero() {
+            metrics::counter!("runnel_replica_throttled_ms_total")
+                .increment(pause.as_millis() as u64);
+            tokio::time::sleep(pause).await;
         }
         if again {
             return Ok(());
