@@ -25,6 +25,15 @@ use runnel_proto::storage::v1 as storage_pb;
 /// loaded machine.
 const LEASE_WAIT: Duration = Duration::from_secs(40);
 
+/// `RUNNEL_SOAK_SEED` (tests/soak/replication.sh sets it; 0 otherwise):
+/// varies which partition loses its leader and when.
+fn seed() -> usize {
+    std::env::var("RUNNEL_SOAK_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
 async fn partitions(admin: &Admin, topic: &str) -> Result<Vec<PartitionInfo>, String> {
     Ok(admin
         .describe_topic(topic)
@@ -134,28 +143,34 @@ async fn killing_the_leader_loses_no_acknowledged_record() {
     let stop = Arc::new(AtomicBool::new(false));
     let counter = Arc::new(AtomicUsize::new(0));
     let task = produce_until(producer, TOPIC, PARTITIONS, stop.clone(), counter.clone());
-    keep_producing_for(&counter, 2000, "records flowing before the kill").await;
+    keep_producing_for(
+        &counter,
+        500 + seed() * 397 % 3000,
+        "records flowing before the kill",
+    )
+    .await;
 
-    // SIGKILL the leader of partition 0: no flush, no goodbye.
-    let victim = before[0].leader;
-    let old_epoch = before[0].leader_epoch;
+    // SIGKILL the leader of one partition: no flush, no goodbye.
+    let p = seed() % PARTITIONS as usize;
+    let victim = before[p].leader;
+    let old_epoch = before[p].leader_epoch;
     cluster.storage_node(victim).kill_9();
     let after = eventually("a new leader from the ISR", LEASE_WAIT, || async {
         let parts = partitions(&admin, TOPIC).await?;
-        let p0 = &parts[0];
-        if p0.leader >= 0 && p0.leader != victim && !p0.isr.contains(&victim) {
+        let now = &parts[p];
+        if now.leader >= 0 && now.leader != victim && !now.isr.contains(&victim) {
             Ok(parts)
         } else {
-            Err(format!("partition 0: {p0:?}"))
+            Err(format!("partition {p}: {now:?}"))
         }
     })
     .await;
-    assert!(after[0].leader_epoch > old_epoch, "the epoch moves on");
+    assert!(after[p].leader_epoch > old_epoch, "the epoch moves on");
     assert_eq!(
-        after[0].isr.len(),
+        after[p].isr.len(),
         2,
         "the two live replicas: {:?}",
-        after[0]
+        after[p]
     );
     keep_producing_for(&counter, 2000, "records flowing with the new leader").await;
 
@@ -176,7 +191,7 @@ async fn killing_the_leader_loses_no_acknowledged_record() {
             Err(_) => failed += 1,
         }
     }
-    assert!(acked.len() >= 5000, "{} acknowledged", acked.len());
+    assert!(acked.len() >= 3000, "{} acknowledged", acked.len());
     let consumed = check_acked_present(cluster.coordinator(), TOPIC, &acked).await;
     let total: usize = consumed.values().map(Vec::len).sum();
     eprintln!(
@@ -328,7 +343,12 @@ async fn a_frozen_leader_is_replaced_and_rejoins_when_it_wakes() {
     let stop = Arc::new(AtomicBool::new(false));
     let counter = Arc::new(AtomicUsize::new(0));
     let task = produce_until(producer, TOPIC, 1, stop.clone(), counter.clone());
-    keep_producing_for(&counter, 1000, "records flowing before the freeze").await;
+    keep_producing_for(
+        &counter,
+        300 + seed() * 211 % 2000,
+        "records flowing before the freeze",
+    )
+    .await;
 
     // SIGSTOP: to everyone else the leader is cut off (no lease renewals,
     // no answers), but it keeps its state and wakes up later believing it
@@ -557,6 +577,7 @@ async fn idempotent_retries_are_deduplicated_across_a_failover() {
         (0..55).collect::<Vec<_>>(),
         "every record once, in order"
     );
+    eprintln!("55 acknowledged records, each once, across the failover");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -579,7 +600,12 @@ async fn every_node_killed_at_once_keeps_every_acknowledged_record() {
     let stop = Arc::new(AtomicBool::new(false));
     let counter = Arc::new(AtomicUsize::new(0));
     let task = produce_until(producer, TOPIC, PARTITIONS, stop.clone(), counter.clone());
-    keep_producing_for(&counter, 3000, "records flowing before the blackout").await;
+    keep_producing_for(
+        &counter,
+        1000 + seed() * 541 % 3000,
+        "records flowing before the blackout",
+    )
+    .await;
     // Power cut: every storage node dies at once, mid-stream.
     for id in 1..=3 {
         cluster.storage_node(id).kill_9();
@@ -595,7 +621,7 @@ async fn every_node_killed_at_once_keeps_every_acknowledged_record() {
         .into_iter()
         .filter_map(|(i, _, o)| o.ok().map(|m| (i, m)))
         .collect();
-    assert!(acked.len() >= 3000, "{} acknowledged", acked.len());
+    assert!(acked.len() >= 1000, "{} acknowledged", acked.len());
     check_acked_present(cluster.coordinator(), TOPIC, &acked).await;
     eprintln!(
         "{} acknowledged records survived killing every node at once",
