@@ -482,6 +482,26 @@ pub enum GrpcCommand {
     /// acknowledgement latency and end-to-end latency
     /// (`rdkafka_performance -P -l -r` with `-C -l`).
     Latency(GrpcLatencyArgs),
+    /// One record per request at a fixed rate into partition 0 for a while,
+    /// meant to run while that partition's leader is killed: the longest gap
+    /// between two acknowledgements is the failover time a producer sees
+    /// (ingest holds a request until the new leader takes it).
+    Failover(GrpcFailoverArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct GrpcFailoverArgs {
+    #[command(flatten)]
+    pub target: GrpcTarget,
+    /// Records per second.
+    #[arg(long, default_value_t = 200)]
+    pub rate: u64,
+    /// How long to produce.
+    #[arg(long, default_value = "20s")]
+    pub duration: humantime::Duration,
+    /// 0, 1 or -1 (all).
+    #[arg(long, default_value_t = -1, allow_hyphen_values = true)]
+    pub acks: i32,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -503,6 +523,18 @@ pub struct GrpcTarget {
     /// Print one JSON line with the results as well.
     #[arg(long)]
     pub json: bool,
+    /// Replication factor of the topic when it is created.
+    #[arg(long, default_value_t = 1)]
+    pub replication_factor: i32,
+    /// A config of the topic when it is created, key=value (repeatable).
+    #[arg(long = "topic-config", value_parser = parse_kv)]
+    pub topic_configs: Vec<(String, String)>,
+}
+
+fn parse_kv(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("expected key=value, got {s:?}"))
 }
 
 #[derive(Args, Debug, Clone)]
@@ -657,6 +689,10 @@ async fn grpc(cmd: GrpcCommand) -> anyhow::Result<()> {
             let json = args.target.json;
             (grpc_latency(args).await?, json)
         }
+        GrpcCommand::Failover(args) => {
+            let json = args.target.json;
+            return grpc_failover(args).await?.print(json);
+        }
     };
     result.print(json)
 }
@@ -666,8 +702,13 @@ async fn grpc(cmd: GrpcCommand) -> anyhow::Result<()> {
 async fn ensure_topic(target: &GrpcTarget) -> anyhow::Result<Vec<(i32, String)>> {
     let admin = Admin::connect(&target.coordinator)?;
     if admin.describe_topic(&target.topic).await.is_err() {
+        let mut topic = NewTopic::new(target.topic.clone(), target.partitions);
+        topic.replication_factor = target.replication_factor;
+        for (k, v) in &target.topic_configs {
+            topic = topic.config(k, v);
+        }
         admin
-            .create_topic(NewTopic::new(target.topic.clone(), target.partitions))
+            .create_topic(topic)
             .await
             .with_context(|| format!("creating topic {}", target.topic))?;
     }
@@ -1131,5 +1172,97 @@ async fn grpc_latency(args: GrpcLatencyArgs) -> anyhow::Result<GrpcResult> {
         latency: Latency::of(&h),
         end_to_end: Some(Latency::of(&e2e)),
         encode_us_per_batch: None,
+    })
+}
+
+/// What `runnel perf grpc failover` measured.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FailoverResult {
+    pub topic: String,
+    pub acks: i32,
+    pub sent: u64,
+    pub acknowledged: u64,
+    pub failed: u64,
+    /// The longest time between two consecutive acknowledgements.
+    pub longest_gap_ms: f64,
+    /// When that gap began, in seconds from the start.
+    pub gap_started_s: f64,
+    pub latency: Latency,
+}
+
+impl FailoverResult {
+    fn print(&self, json: bool) -> anyhow::Result<()> {
+        println!(
+            "grpc failover  longest gap between acks {:.0} ms (from {:.2} s)  {} sent, {} acknowledged, {} failed  ack p50 {} µs  p99 {} µs  max {} µs",
+            self.longest_gap_ms,
+            self.gap_started_s,
+            self.sent,
+            self.acknowledged,
+            self.failed,
+            self.latency.p50_us,
+            self.latency.p99_us,
+            self.latency.max_us
+        );
+        if json {
+            println!("{}", serde_json::to_string(self)?);
+        }
+        Ok(())
+    }
+}
+
+async fn grpc_failover(args: GrpcFailoverArgs) -> anyhow::Result<FailoverResult> {
+    let target = args.target;
+    ensure_topic(&target).await?;
+    let client = ingest_client!(&target.ingest);
+    warm_up!(client.clone());
+    let value = payload(target.record_bytes);
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / args.rate.max(1) as f64));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut sends = tokio::task::JoinSet::new();
+    let start = Instant::now();
+    let mut sent = 0u64;
+    while start.elapsed() < *args.duration {
+        tick.tick().await;
+        let batch = keyless_batch(&value, 1)?;
+        let mut client = client.clone();
+        let (topic, acks) = (target.topic.clone(), args.acks);
+        sends.spawn(async move {
+            let t = Instant::now();
+            let request = produce_request(&topic, 0, batch, acks);
+            let outcome = match client.produce(request).await {
+                Ok(r) => check_produced(r.into_inner()),
+                Err(status) => Err(anyhow::anyhow!(status)),
+            };
+            (t, outcome.map(|()| Instant::now()))
+        });
+        sent += 1;
+    }
+    let mut h = histogram()?;
+    let mut acked_at = Vec::new();
+    let mut failed = 0;
+    while let Some(done) = sends.join_next().await {
+        match done? {
+            (t, Ok(at)) => {
+                h.record(at.duration_since(t).as_micros().max(1) as u64)?;
+                acked_at.push(at.duration_since(start));
+            }
+            (_, Err(_)) => failed += 1,
+        }
+    }
+    acked_at.sort();
+    let (gap, from) = acked_at
+        .windows(2)
+        .map(|w| (w[1] - w[0], w[0]))
+        .max()
+        .unwrap_or_default();
+    Ok(FailoverResult {
+        topic: target.topic,
+        acks: args.acks,
+        sent,
+        acknowledged: acked_at.len() as u64,
+        failed,
+        longest_gap_ms: gap.as_secs_f64() * 1e3,
+        gap_started_s: from.as_secs_f64(),
+        latency: Latency::of(&h),
     })
 }
