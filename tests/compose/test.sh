@@ -14,6 +14,8 @@
 #     standby, and the killed one rejoins when started again,
 #   - crashes a storage node (SIGKILL): Docker restarts it, it recovers its
 #     log and nothing acknowledged is lost,
+#   - kills the leader of an RF=3 topic under acks=all load: every
+#     acknowledged record is there afterwards and the node rejoins the ISR,
 #   - recreates the ingest container alone (an upgrade of one role) and
 #     produces again,
 # and removes the stack and its volumes at the end, pass or fail.
@@ -358,6 +360,40 @@ seq 1001 1100 | awk '{print "key-" $1 ":value-" $1}' >"$TMP/orders.more"
 cat "$TMP/orders.more" >>"$TMP/orders.expected"
 consume_in_network orders >"$TMP/orders.after-crash"
 expect_records "orders after the storage crash" "$TMP/orders.expected" "$TMP/orders.after-crash"
+
+step "replication: SIGKILL the partition leader of an RF=3 topic while acks=all batches flow"
+"$RUNNEL" topic create replicated --partitions 3 --replication-factor 3 \
+  --config min.insync.replicas=2 --coordinator "$COORD" >/dev/null
+describe_replicated() { "$RUNNEL" topic describe replicated --coordinator "$COORD"; }
+all_in_sync() { describe_replicated | awk '/partition/ && /isr=\[[0-9]+, [0-9]+, [0-9]+\]/ {n++} END {exit !(n == 3)}'; }
+retry 60 all_in_sync
+leader="$(describe_replicated | awk '/partition 0/ {sub("leader=", "", $3); print $3}')"
+: >"$TMP/replicated.acked"
+(
+  # 60 batches of 100 keyed records, one `runnel produce` (acks=all) each;
+  # a batch counts as acknowledged when the command succeeds.
+  for chunk in $(seq 1 60); do
+    seq 1 100 | awk -v c="$chunk" '{print "c" c "-" $1 ":v" c "-" $1}' >"$TMP/chunk"
+    if "$RUNNEL" produce replicated --key-separator : --ingest "$INGEST" --coordinator "$COORD" \
+      <"$TMP/chunk" >/dev/null 2>&1; then
+      cat "$TMP/chunk" >>"$TMP/replicated.acked"
+    fi
+  done
+) &
+producer=$!
+sleep 3
+[ "$(id -u)" -eq 0 ] || fail "this step needs root (kill -KILL of the container's process)"
+kill -KILL "$(docker inspect -f '{{.State.Pid}}' "$(cid "storage-$leader")")"
+info "killed storage-$leader, the leader of replicated-0, mid-stream"
+wait "$producer"
+wait_healthy 90 "storage-$leader"
+retry 90 all_in_sync
+consume_in_network replicated | sort -u >"$TMP/replicated.read"
+acked=$(sort -u "$TMP/replicated.acked" | wc -l)
+missing=$(comm -23 <(sort -u "$TMP/replicated.acked") "$TMP/replicated.read" | wc -l)
+[ "$acked" -ge 1000 ] || fail "only $acked records acknowledged around the kill"
+[ "$missing" = 0 ] || fail "$missing of $acked acknowledged records missing after the leader was killed"
+info "all $acked acknowledged records present; storage-$leader rejoined every ISR"
 
 step "upgrade one role alone: recreate the ingest container"
 "${DC[@]}" up -d --no-deps --force-recreate ingest

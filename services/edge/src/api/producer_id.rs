@@ -3,10 +3,11 @@
 //! kafka-python 3 and the Java client turn idempotence on by default, so
 //! without InitProducerId they cannot produce at all. The edge hands out
 //! producer ids that are unique with overwhelming probability (62 random
-//! bits) and bumps epochs as KIP-360 asks. Batches keep their producer id,
-//! epoch and sequence numbers untouched on disk; **retries are not
-//! de-duplicated yet** (that is the storage leader's job in the idempotence
-//! work), so delivery is at-least-once until then. Transactional ids are
+//! bits) and bumps epochs as KIP-360 asks. The partition leaders check each
+//! batch's producer id, epoch and sequence numbers: a retried batch is
+//! written once and answered with its first offsets, a gap gets
+//! OUT_OF_ORDER_SEQUENCE_NUMBER and an old epoch INVALID_PRODUCER_EPOCH
+//! (see the storage log's `idempotence` module). Transactional ids are
 //! refused: transactions need a transaction coordinator.
 
 use kafka_protocol::messages::{InitProducerIdRequest, InitProducerIdResponse, ProducerId};
