@@ -197,6 +197,7 @@ impl StorageGrpc {
                         (p.topic.clone(), p.partition, led.state.leader_epoch);
                     tokio::spawn(async move {
                         node.alter_isr(&topic, partition, epoch, change).await;
+                        node.replication.join_done(&topic, partition, change.node());
                     });
                 }
                 r.high_watermark = led.log.high_watermark();

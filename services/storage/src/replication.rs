@@ -35,14 +35,19 @@ pub struct Replication {
     node_id: i32,
     lag_max: Duration,
     partitions: Mutex<HashMap<(String, i32), Progress>>,
+    /// ISR additions being written, so a fast-fetching follower does not
+    /// start one per fetch.
+    joining: Mutex<std::collections::HashSet<(String, i32, i32)>>,
     /// Bumped after every local append, to wake followers' long polls.
     appended: watch::Sender<u64>,
 }
 
-/// The followers of one partition during one leader epoch.
+/// The followers of one partition's log during one leader epoch.
 #[derive(Debug)]
 struct Progress {
     epoch: i32,
+    /// Which log (a topic deleted and created again is another one).
+    log: usize,
     /// When this node became leader at this epoch.
     since: Instant,
     followers: HashMap<i32, Follower>,
@@ -65,12 +70,22 @@ pub enum IsrChange {
     Remove(i32),
 }
 
+impl IsrChange {
+    /// The replica joining or leaving.
+    pub fn node(self) -> i32 {
+        match self {
+            IsrChange::Add(n) | IsrChange::Remove(n) => n,
+        }
+    }
+}
+
 impl Replication {
     pub fn new(node_id: i32, lag_max: Duration) -> Self {
         Replication {
             node_id,
             lag_max,
             partitions: Mutex::new(HashMap::new()),
+            joining: Mutex::new(std::collections::HashSet::new()),
             appended: watch::channel(0).0,
         }
     }
@@ -100,7 +115,7 @@ impl Replication {
         let leader_end = log.local_end_offset();
         {
             let mut partitions = self.partitions.lock();
-            let progress = progress_for(&mut partitions, topic, partition, state.leader_epoch);
+            let progress = progress_for(&mut partitions, topic, partition, state.leader_epoch, log);
             let f = progress.followers.entry(replica).or_insert(Follower {
                 end: offset,
                 caught_up_at: progress.since,
@@ -119,8 +134,19 @@ impl Replication {
         self.update_high_watermark(topic, partition, state, log);
         let joins = !state.isr.contains(&replica)
             && state.replicas.contains(&replica)
-            && offset >= log.high_watermark();
+            && offset >= log.high_watermark()
+            && self
+                .joining
+                .lock()
+                .insert((topic.to_string(), partition, replica));
         joins.then_some(IsrChange::Add(replica))
+    }
+
+    /// An ISR addition from [`Self::follower_fetched`] was written (or not).
+    pub fn join_done(&self, topic: &str, partition: i32, replica: i32) {
+        self.joining
+            .lock()
+            .remove(&(topic.to_string(), partition, replica));
     }
 
     /// Sets the high watermark to what every ISR member holds.
@@ -137,7 +163,7 @@ impl Replication {
         let mut hw = log.local_end_offset();
         {
             let mut partitions = self.partitions.lock();
-            let progress = progress_for(&mut partitions, topic, partition, state.leader_epoch);
+            let progress = progress_for(&mut partitions, topic, partition, state.leader_epoch, log);
             for member in state.isr.iter().filter(|&&m| m != self.node_id) {
                 match progress.followers.get(member) {
                     Some(f) => hw = hw.min(f.end),
@@ -151,10 +177,16 @@ impl Replication {
     }
 
     /// ISR members that have not been caught up for `replica_lag_time_max`.
-    pub fn lagging(&self, topic: &str, partition: i32, state: &PartitionRecord) -> Vec<i32> {
+    pub fn lagging(
+        &self,
+        topic: &str,
+        partition: i32,
+        state: &PartitionRecord,
+        log: &PartitionLog,
+    ) -> Vec<i32> {
         let now = Instant::now();
         let mut partitions = self.partitions.lock();
-        let progress = progress_for(&mut partitions, topic, partition, state.leader_epoch);
+        let progress = progress_for(&mut partitions, topic, partition, state.leader_epoch, log);
         state
             .isr
             .iter()
@@ -176,25 +208,26 @@ impl Replication {
     }
 }
 
+/// The progress of a partition's followers at this epoch of this log,
+/// started afresh when either changed.
 fn progress_for<'a>(
     partitions: &'a mut HashMap<(String, i32), Progress>,
     topic: &str,
     partition: i32,
     epoch: i32,
+    log: &PartitionLog,
 ) -> &'a mut Progress {
+    let fresh = || Progress {
+        epoch,
+        log: log.identity(),
+        since: Instant::now(),
+        followers: HashMap::new(),
+    };
     let progress = partitions
         .entry((topic.to_string(), partition))
-        .or_insert_with(|| Progress {
-            epoch,
-            since: Instant::now(),
-            followers: HashMap::new(),
-        });
-    if progress.epoch != epoch {
-        *progress = Progress {
-            epoch,
-            since: Instant::now(),
-            followers: HashMap::new(),
-        };
+        .or_insert_with(fresh);
+    if progress.epoch != epoch || progress.log != log.identity() {
+        *progress = fresh();
     }
     progress
 }
@@ -281,7 +314,7 @@ impl StorageNode {
                         continue;
                     };
                     self.replication.update_high_watermark(name, p, state, &log);
-                    for lagging in self.replication.lagging(name, p, state) {
+                    for lagging in self.replication.lagging(name, p, state, &log) {
                         shrinks.push((name.clone(), p, state.leader_epoch, lagging));
                     }
                 }
