@@ -114,3 +114,20 @@ pub async fn check_acked_present(
     }
     consumed
 }
+
+/// Checks no record was written twice: what an idempotent producer promises
+/// however often it retried (each value is produced once).
+pub fn assert_each_once(consumed: &BTreeMap<i32, Vec<ConsumedRecord>>) {
+    let mut seen: BTreeMap<usize, (i32, i64)> = BTreeMap::new();
+    for (&p, records) in consumed {
+        for r in records {
+            if let Some((p0, o0)) = seen.insert(index_of(r), (p, r.offset)) {
+                panic!(
+                    "record {} is in the log twice: {p0}-{o0} and {p}-{}",
+                    index_of(r),
+                    r.offset
+                );
+            }
+        }
+    }
+}

@@ -188,6 +188,10 @@ pub struct ServedBatch {
     /// The codec bits of the batch attributes (0 none, 1 gzip, 2 snappy,
     /// 3 lz4, 4 zstd).
     pub compression: i16,
+    /// The idempotent producer's stamp (-1 when the producer was not).
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub base_sequence: i32,
 }
 
 /// Reads a partition's raw bytes from its leader, from the log start to the
@@ -286,6 +290,9 @@ pub async fn scan_partition(
                 last_offset: header.last_offset(),
                 records: header.records_count,
                 compression: header.compression(),
+                producer_id: header.producer_id,
+                producer_epoch: header.producer_epoch,
+                base_sequence: header.base_sequence,
             });
         }
         offset = batches.last().map(|b| b.last_offset + 1).unwrap_or(offset);

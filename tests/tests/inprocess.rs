@@ -332,6 +332,66 @@ async fn every_compression_codec_round_trips_and_stays_compressed() {
     cluster.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_native_producer_stamps_batches_with_its_id_and_sequences() {
+    let cluster = InProcessCluster::start(1).await;
+    let topic = "idempotent-native";
+    cluster
+        .admin()
+        .create_topic(NewTopic::new(topic, 1))
+        .await
+        .unwrap();
+    wait_topic_ready(&cluster.coordinator, Some(&cluster.ingest), topic).await;
+    let produce = |config: runnel_client::ProducerConfig, from: usize| async move {
+        let producer = Producer::new(config).unwrap();
+        // Several flushes: several batches, each continuing the sequence.
+        for round in 0..4 {
+            for i in 0..250 {
+                let r = Record {
+                    partition: Some(0),
+                    ..record(from + round * 250 + i)
+                };
+                drop(producer.send(topic, r).await.unwrap());
+            }
+            producer.flush().await.unwrap();
+        }
+    };
+    // The default: acks=all and idempotent.
+    produce(cluster.producer_config(), 0).await;
+    let (batches, _) = scan_partition(&cluster.coordinator, topic, 0).await;
+    assert!(batches.len() >= 4, "{} batches", batches.len());
+    let producer_id = batches[0].producer_id;
+    assert!(producer_id >= 0, "no producer id on {:?}", batches[0]);
+    let mut next_sequence = 0;
+    for b in &batches {
+        assert_eq!((b.producer_id, b.producer_epoch), (producer_id, 0));
+        assert_eq!(b.base_sequence, next_sequence, "batch at {}", b.base_offset);
+        next_sequence += b.records;
+    }
+    assert_eq!(next_sequence, 1000);
+
+    // A second producer gets another id; acks=1 is not idempotent.
+    let seen = batches.len();
+    produce(cluster.producer_config(), 1000).await;
+    let mut acks_one = cluster.producer_config();
+    acks_one.acks = 1;
+    produce(acks_one, 2000).await;
+    let (batches, _) = scan_partition(&cluster.coordinator, topic, 0).await;
+    let second: Vec<_> = batches[seen..]
+        .iter()
+        .filter(|b| b.producer_id >= 0)
+        .collect();
+    assert!(second.iter().all(|b| b.producer_id != producer_id));
+    assert_eq!(second.iter().map(|b| b.records).sum::<i32>(), 1000);
+    let plain: i32 = batches
+        .iter()
+        .filter(|b| b.producer_id == -1 && b.base_sequence == -1)
+        .map(|b| b.records)
+        .sum();
+    assert_eq!(plain, 1000, "the acks=1 producer's batches carry no stamp");
+    cluster.shutdown().await;
+}
+
 /// Partition directories of `topic` under a storage data directory.
 fn partition_dirs(data_dir: &std::path::Path, topic: &str) -> Vec<String> {
     std::fs::read_dir(data_dir)

@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use runnel_client::{Admin, ClientError, NewTopic, Producer, ProducerConfig, Record};
 use runnel_e2e::{
-    ProcessCluster, ProcessSpec, SOON, check_acked_present, consume_all, eventually, produce_until,
-    storage_client, value_of, wait_topic_ready,
+    ProcessCluster, ProcessSpec, SOON, assert_each_once, check_acked_present, consume_all,
+    eventually, http_get, produce_until, storage_client, value_of, wait_topic_ready,
 };
 use runnel_proto::common::v1::ErrorCode;
 use runnel_proto::coordinator::v1::PartitionInfo;
@@ -99,9 +99,33 @@ async fn wait_replicas_identical(cluster: &ProcessCluster, topic: &str) {
     .await;
 }
 
+/// The leader's `runnel_replica_follower_lag_offsets` for one follower of
+/// `topic`-`partition`, from its Prometheus endpoint.
+async fn follower_lag(
+    metrics_address: &str,
+    topic: &str,
+    partition: i32,
+    follower: i32,
+) -> Result<f64, String> {
+    let body = http_get(metrics_address, "/metrics").await?;
+    let labels = [
+        format!("topic=\"{topic}\""),
+        format!("partition=\"{partition}\""),
+        format!("follower=\"{follower}\""),
+    ];
+    body.lines()
+        .find(|l| {
+            l.starts_with("runnel_replica_follower_lag_offsets{")
+                && labels.iter().all(|label| l.contains(label.as_str()))
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .ok_or_else(|| format!("no lag for follower {follower} at {metrics_address}"))
+}
+
 fn acks_all_producer(cluster: &ProcessCluster, timeout: Duration, retries: u32) -> Producer {
     let mut config = ProducerConfig::new(cluster.ingest(), cluster.coordinator());
     config.acks = -1;
+    config.idempotence = true;
     config.retries = retries;
     config.request_timeout = timeout;
     Producer::new(config).unwrap()
@@ -173,6 +197,23 @@ async fn killing_the_leader_loses_no_acknowledged_record() {
         after[p]
     );
     keep_producing_for(&counter, 2000, "records flowing with the new leader").await;
+    // The new leader reports the dead replica falling behind.
+    let metrics = cluster
+        .storage_node(after[p].leader)
+        .metrics_address
+        .clone();
+    let lag = eventually(
+        "the new leader reports the dead follower's lag",
+        SOON,
+        || async {
+            match follower_lag(&metrics, TOPIC, p as i32, victim).await? {
+                lag if lag > 0.0 => Ok(lag),
+                lag => Err(format!("lag {lag}")),
+            }
+        },
+    )
+    .await;
+    eprintln!("node {victim} is {lag} offsets behind on {TOPIC}-{p}");
 
     // The old leader returns as a follower, drops whatever it wrote that
     // the others never got, and catches up.
@@ -193,9 +234,12 @@ async fn killing_the_leader_loses_no_acknowledged_record() {
     }
     assert!(acked.len() >= 3000, "{} acknowledged", acked.len());
     let consumed = check_acked_present(cluster.coordinator(), TOPIC, &acked).await;
+    // The producer is idempotent (the client's default with acks=all): the
+    // batches it retried across the failover are in the log once.
+    assert_each_once(&consumed);
     let total: usize = consumed.values().map(Vec::len).sum();
     eprintln!(
-        "{} acknowledged, {failed} failed, {total} records in the log, all acknowledged present in order",
+        "{} acknowledged, {failed} failed, {total} records in the log, all acknowledged present in order, none twice",
         acked.len()
     );
 }
@@ -378,13 +422,14 @@ async fn a_frozen_leader_is_replaced_and_rejoins_when_it_wakes() {
         .into_iter()
         .filter_map(|(i, _, o)| o.ok().map(|m| (i, m)))
         .collect();
-    check_acked_present(cluster.coordinator(), TOPIC, &acked).await;
+    let consumed = check_acked_present(cluster.coordinator(), TOPIC, &acked).await;
+    assert_each_once(&consumed);
     let truncated = cluster
         .storage_node(before.leader)
         .log_tail(400)
         .contains("truncating records the new leader does not have");
     eprintln!(
-        "{} acknowledged records present in order; the woken leader truncated a divergent tail: {truncated}",
+        "{} acknowledged records present in order, none twice; the woken leader truncated a divergent tail: {truncated}",
         acked.len()
     );
 }

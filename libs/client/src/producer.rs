@@ -6,6 +6,15 @@
 //! request in flight per partition (so order within a partition holds, even
 //! across retries) and `max_in_flight_requests` overall. Each record's
 //! [`DeliveryFuture`] resolves with its offset or the error.
+//!
+//! With `idempotence` (the default, with acks=all) the producer gets a
+//! producer id from ingest's InitProducerId and stamps each batch with it and
+//! with per-partition sequence numbers. A retried batch is sent byte for byte
+//! again, so a leader that already wrote it (the response was lost, or the
+//! leader changed) answers with the first write's offsets instead of writing
+//! it twice. A batch that fails for good leaves a gap in its partition's
+//! sequence, so the producer then bumps its epoch and starts every sequence
+//! again at 0 (as Kafka's clients do, KIP-360).
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -19,7 +28,7 @@ use rand::Rng;
 use runnel_proto::common::v1::ErrorCode;
 use runnel_proto::ingest::v1 as pb;
 use runnel_proto::ingest::v1::ingest_service_client::IngestServiceClient;
-use runnel_records::{Compression, PlainRecord, build_batch, partition_for_key};
+use runnel_records::{Compression, PlainRecord, ProducerStamp, build_batch_as, partition_for_key};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
 use tonic::transport::Channel;
@@ -42,9 +51,12 @@ pub struct ProducerConfig {
     /// 0, 1 or -1 (all).
     pub acks: i32,
     pub request_timeout: Duration,
-    /// Attempts after the first for retriable errors. Retries after a lost
-    /// response may duplicate records (at least once).
+    /// Attempts after the first for retriable errors. Without idempotence,
+    /// retries after a lost response may duplicate records (at least once).
     pub retries: u32,
+    /// Exactly once per partition across retries (see the module doc). Only
+    /// with acks=-1; with acks 0 or 1 the producer is not idempotent.
+    pub idempotence: bool,
     pub max_in_flight_requests: usize,
     /// Upper bound on record bytes buffered and in flight; `send` waits.
     pub buffer_bytes: usize,
@@ -61,6 +73,7 @@ impl ProducerConfig {
             acks: -1,
             request_timeout: Duration::from_secs(30),
             retries: 5,
+            idempotence: true,
             max_in_flight_requests: 8,
             buffer_bytes: 64 * 1024 * 1024,
         }
@@ -212,10 +225,51 @@ struct Accumulator {
     in_flight: HashSet<Tp>,
     requests: usize,
     flushes: Vec<oneshot::Sender<()>>,
+    idempotence: Option<Idempotence>,
+}
+
+/// An idempotent producer's id, epoch and next sequence per partition.
+#[derive(Default)]
+struct Idempotence {
+    /// `(producer id, epoch)`; `None` until InitProducerId answers, and again
+    /// after a batch failed for good (then the epoch is bumped).
+    producer: Option<(i64, i16)>,
+    /// The last producer this accumulator had, to have its epoch bumped.
+    previous: Option<(i64, i16)>,
+    next_sequence: HashMap<Tp, i32>,
+}
+
+impl Idempotence {
+    /// The stamp for a batch of `count` records to `tp`, or `None` when the
+    /// producer must first (re)initialise: it has no id yet, or the batch
+    /// would cross the sequence wrap-around (a batch must not).
+    fn stamp(&mut self, tp: &Tp, count: usize) -> Option<ProducerStamp> {
+        let (producer_id, epoch) = self.producer?;
+        let base_sequence = self.next_sequence.get(tp).copied().unwrap_or(0);
+        let last = i64::from(base_sequence) + count as i64 - 1;
+        if last > i64::from(i32::MAX) {
+            self.reset();
+            return None;
+        }
+        let next = ((last + 1) % (i64::from(i32::MAX) + 1)) as i32;
+        self.next_sequence.insert(tp.clone(), next);
+        Some(ProducerStamp {
+            producer_id,
+            epoch,
+            base_sequence,
+        })
+    }
+
+    /// A new epoch is needed: every partition's sequence restarts at 0.
+    fn reset(&mut self) {
+        self.previous = self.producer.take().or(self.previous);
+        self.next_sequence.clear();
+    }
 }
 
 impl Accumulator {
     fn new(config: ProducerConfig, ingest: IngestServiceClient<Channel>, admin: Admin) -> Self {
+        let idempotence = (config.idempotence && config.acks == -1).then(Idempotence::default);
         Accumulator {
             config,
             ingest,
@@ -226,11 +280,12 @@ impl Accumulator {
             in_flight: HashSet::new(),
             requests: 0,
             flushes: Vec::new(),
+            idempotence,
         }
     }
 
     async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
-        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Vec<Tp>>();
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
         let mut tick = tokio::time::interval(self.config.linger.max(Duration::from_millis(1)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut closing = false;
@@ -259,17 +314,76 @@ impl Accumulator {
                 }
                 Some(done) = done_rx.recv() => {
                     self.requests -= 1;
-                    for tp in done {
+                    for tp in done.partitions {
                         self.in_flight.remove(&tp);
+                    }
+                    if done.failed
+                        && let Some(idempotence) = &mut self.idempotence
+                    {
+                        idempotence.reset();
                     }
                 }
             }
+            self.init_producer().await;
             self.dispatch(&done_tx);
             if self.open.is_empty() && self.in_flight.is_empty() {
                 for f in self.flushes.drain(..) {
                     let _ = f.send(());
                 }
                 if closing {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Gets a producer id (or a bumped epoch) when the idempotent producer
+    /// needs one and has something to send. On failure the ready batches
+    /// fail: they cannot be sent without it.
+    async fn init_producer(&mut self) {
+        let Some(idempotence) = &mut self.idempotence else {
+            return;
+        };
+        if idempotence.producer.is_some() || !self.open.values().any(|b| b.ready) {
+            return;
+        }
+        let request = pb::InitProducerIdRequest {
+            producer_id: idempotence.previous.map(|p| p.0),
+            producer_epoch: idempotence.previous.map(|p| i32::from(p.1)),
+        };
+        let mut attempt = 0;
+        loop {
+            let mut call = tonic::Request::new(request);
+            call.set_timeout(self.config.request_timeout);
+            match self.ingest.init_producer_id(call).await {
+                Ok(r) => {
+                    let r = r.into_inner();
+                    let epoch = i16::try_from(r.producer_epoch).unwrap_or(0);
+                    tracing::debug!(
+                        producer_id = r.producer_id,
+                        epoch,
+                        "idempotent producer ready"
+                    );
+                    idempotence.producer = Some((r.producer_id, epoch));
+                    return;
+                }
+                Err(status) if attempt < self.config.retries => {
+                    attempt += 1;
+                    tracing::debug!(attempt, %status, "retrying InitProducerId");
+                    tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
+                }
+                Err(status) => {
+                    let ready: Vec<Tp> = self
+                        .open
+                        .iter()
+                        .filter(|(_, b)| b.ready)
+                        .map(|(tp, _)| tp.clone())
+                        .collect();
+                    for tp in ready {
+                        if let Some(b) = self.open.remove(&tp) {
+                            fail(b, status.clone().into());
+                        }
+                    }
                     return;
                 }
             }
@@ -334,7 +448,7 @@ impl Accumulator {
         }
     }
 
-    fn dispatch(&mut self, done: &mpsc::UnboundedSender<Vec<Tp>>) {
+    fn dispatch(&mut self, done: &mpsc::UnboundedSender<Done>) {
         while self.requests < self.config.max_in_flight_requests {
             let ready: Vec<Tp> = self
                 .open
@@ -347,10 +461,24 @@ impl Accumulator {
             }
             let mut batches = Vec::with_capacity(ready.len());
             for tp in ready {
+                let stamp = match &mut self.idempotence {
+                    None => None,
+                    Some(idempotence) => {
+                        let count = self.open.get(&tp).map_or(0, |b| b.records.len());
+                        match idempotence.stamp(&tp, count) {
+                            Some(stamp) => Some(stamp),
+                            // Not ready to stamp: wait for InitProducerId.
+                            None => continue,
+                        }
+                    }
+                };
                 if let Some(b) = self.open.remove(&tp) {
                     self.in_flight.insert(tp.clone());
-                    batches.push((tp, b));
+                    batches.push((tp, b, stamp));
                 }
+            }
+            if batches.is_empty() {
+                return;
             }
             self.requests += 1;
             let task = SendTask {
@@ -362,12 +490,19 @@ impl Accumulator {
             };
             let done = done.clone();
             tokio::spawn(async move {
-                let tps = batches.iter().map(|(tp, _)| tp.clone()).collect();
-                task.send(batches).await;
-                let _ = done.send(tps);
+                let partitions = batches.iter().map(|(tp, _, _)| tp.clone()).collect();
+                let failed = task.send(batches).await;
+                let _ = done.send(Done { partitions, failed });
             });
         }
     }
+}
+
+/// A finished produce request: its partitions may send again; `failed` when
+/// a batch failed for good (an idempotent producer must then bump its epoch).
+struct Done {
+    partitions: Vec<Tp>,
+    failed: bool,
 }
 
 struct SendTask {
@@ -392,12 +527,18 @@ fn retriable(code: i32) -> bool {
 }
 
 impl SendTask {
-    async fn send(self, batches: Vec<(Tp, OpenBatch)>) {
+    /// Sends the batches until each is acknowledged or has failed for good;
+    /// true when any failed.
+    async fn send(self, batches: Vec<(Tp, OpenBatch, Option<ProducerStamp>)>) -> bool {
+        let mut failed = false;
         let mut pending: Vec<(Tp, OpenBatch, Bytes)> = Vec::with_capacity(batches.len());
-        for (tp, b) in batches {
-            match build_batch(&b.records, self.compression) {
+        for (tp, b, stamp) in batches {
+            match build_batch_as(&b.records, self.compression, stamp) {
                 Ok(bytes) => pending.push((tp, b, bytes)),
-                Err(e) => fail(b, ClientError::Invalid(e.to_string())),
+                Err(e) => {
+                    failed = true;
+                    fail(b, ClientError::Invalid(e.to_string()));
+                }
             }
         }
         let mut attempt = 0;
@@ -426,7 +567,7 @@ impl SendTask {
                             "ingest answered a different partition count".into(),
                         );
                         pending.into_iter().for_each(|(_, b, _)| fail(b, e.clone()));
-                        return;
+                        return true;
                     }
                     for (item, r) in pending.into_iter().zip(results) {
                         let ((topic, partition), b, bytes) = item;
@@ -435,6 +576,7 @@ impl SendTask {
                         } else if retriable(r.error) && attempt < self.retries {
                             retry.push(((topic, partition), b, bytes));
                         } else {
+                            failed = true;
                             fail(
                                 b,
                                 ClientError::partition(&topic, partition, r.error, r.error_message),
@@ -455,7 +597,7 @@ impl SendTask {
                         pending
                             .into_iter()
                             .for_each(|(_, b, _)| fail(b, status.clone().into()));
-                        return;
+                        return true;
                     }
                 }
             }
@@ -466,6 +608,7 @@ impl SendTask {
                 tokio::time::sleep(Duration::from_millis(100 * attempt as u64)).await;
             }
         }
+        failed
     }
 }
 
@@ -493,5 +636,58 @@ fn succeed(topic: &str, partition: i32, b: OpenBatch, r: &pb::PartitionResult, a
 fn fail(b: OpenBatch, e: ClientError) {
     for (reply, _permit) in b.waiters {
         let _ = reply.send(Err(e.clone()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tp(p: i32) -> Tp {
+        ("t".to_string(), p)
+    }
+
+    #[test]
+    fn sequences_count_up_per_partition() {
+        let mut i = Idempotence {
+            producer: Some((7, 2)),
+            ..Idempotence::default()
+        };
+        let a = i.stamp(&tp(0), 10);
+        let b = i.stamp(&tp(0), 5);
+        let c = i.stamp(&tp(1), 3);
+        let stamp = |base_sequence| {
+            Some(ProducerStamp {
+                producer_id: 7,
+                epoch: 2,
+                base_sequence,
+            })
+        };
+        assert_eq!((a, b, c), (stamp(0), stamp(10), stamp(0)));
+    }
+
+    #[test]
+    fn a_batch_that_would_cross_the_wrap_waits_for_a_new_epoch() {
+        let mut i = Idempotence {
+            producer: Some((7, 2)),
+            ..Idempotence::default()
+        };
+        i.next_sequence.insert(tp(0), i32::MAX - 4);
+        // Exactly up to i32::MAX is fine and wraps the next one to 0.
+        assert!(i.stamp(&tp(0), 5).is_some());
+        assert_eq!(i.next_sequence[&tp(0)], 0);
+        i.next_sequence.insert(tp(0), i32::MAX - 4);
+        assert_eq!(i.stamp(&tp(0), 6), None);
+        assert_eq!(i.producer, None);
+        assert_eq!(i.previous, Some((7, 2)), "asks for a bump of this epoch");
+        assert!(i.next_sequence.is_empty());
+    }
+
+    #[test]
+    fn a_reset_before_any_id_keeps_nothing_to_bump() {
+        let mut i = Idempotence::default();
+        assert_eq!(i.stamp(&tp(0), 1), None);
+        i.reset();
+        assert_eq!((i.producer, i.previous), (None, None));
     }
 }

@@ -3,6 +3,7 @@
 //! - [`keys`]: where things live in the metastore (`/runnel/<cluster>/…`);
 //! - [`model`]: the JSON records stored there (nodes, topics, partitions, the
 //!   controller);
+//! - [`producer_id`]: producer ids and epochs for idempotent producers;
 //! - [`topic_config`]: topic names and per-topic configs, their defaults and
 //!   validation (shared by the coordinator and the Kafka edge);
 //! - [`watcher`]: a cache of the whole cluster metadata kept current by a
@@ -10,6 +11,7 @@
 
 pub mod keys;
 pub mod model;
+pub mod producer_id;
 pub mod topic_config;
 pub mod watcher;
 
@@ -18,6 +20,7 @@ pub use model::{
     ClusterMetadata, ControllerRecord, EdgeRecord, GroupsNodeRecord, NodeRecord, OFFSETS_TOPIC,
     PartitionRecord, TopicRecord, TopicState, group_shard,
 };
+pub use producer_id::{ProducerIdentity, init_producer};
 pub use topic_config::{ConfigError, TopicConfig};
 pub use watcher::MetadataWatcher;
 

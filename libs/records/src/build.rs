@@ -35,9 +35,33 @@ pub struct StoredRecord {
 #[error("record batch codec: {0}")]
 pub struct CodecError(String);
 
+/// The idempotent producer's stamp on a batch: its id, epoch and the
+/// sequence number of the batch's first record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProducerStamp {
+    pub producer_id: i64,
+    pub epoch: i16,
+    pub base_sequence: i32,
+}
+
 /// Builds one RecordBatch v2 (base offset 0; the storage leader assigns the
 /// real one) from the records, compressed with `compression`.
 pub fn build_batch(records: &[PlainRecord], compression: Compression) -> Result<Bytes, CodecError> {
+    build_batch_as(records, compression, None)
+}
+
+/// [`build_batch`] for an idempotent producer when `producer` is given: the
+/// partition leader then writes the batch once however often it is retried.
+pub fn build_batch_as(
+    records: &[PlainRecord],
+    compression: Compression,
+    producer: Option<ProducerStamp>,
+) -> Result<Bytes, CodecError> {
+    let (producer_id, producer_epoch, base_sequence) = match producer {
+        Some(p) => (p.producer_id, p.epoch, p.base_sequence),
+        // Counting up from NO_SEQUENCE keeps a base sequence of -1.
+        None => (NO_PRODUCER_ID, NO_PRODUCER_EPOCH, NO_SEQUENCE),
+    };
     let records: Vec<Record> = records
         .iter()
         .enumerate()
@@ -46,14 +70,13 @@ pub fn build_batch(records: &[PlainRecord], compression: Compression) -> Result<
             control: false,
             delete_horizon: false,
             partition_leader_epoch: NO_PARTITION_LEADER_EPOCH,
-            producer_id: NO_PRODUCER_ID,
-            producer_epoch: NO_PRODUCER_EPOCH,
+            producer_id,
+            producer_epoch,
             timestamp_type: TimestampType::Creation,
             offset: i as i64,
             // The encoder starts a new batch whenever `offset - sequence`
-            // changes; counting up from NO_SEQUENCE keeps one batch and a
-            // base sequence of -1 (no idempotence).
-            sequence: NO_SEQUENCE + i as i32,
+            // changes, so the sequence counts up with the offset.
+            sequence: base_sequence.wrapping_add(i as i32),
             timestamp: r.timestamp_ms,
             key: r.key.clone(),
             value: r.value.clone(),

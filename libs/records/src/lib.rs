@@ -13,5 +13,7 @@ pub mod build;
 pub mod partitioner;
 
 pub use batch::{BatchError, BatchHeader, Batches};
-pub use build::{Compression, PlainRecord, build_batch, decode_records};
+pub use build::{
+    Compression, PlainRecord, ProducerStamp, build_batch, build_batch_as, decode_records,
+};
 pub use partitioner::{murmur2, partition_for_key};

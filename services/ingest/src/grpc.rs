@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use rand::Rng;
+use runnel_cluster::{ProducerIdentity, init_producer};
 use runnel_proto::common::v1::{Compression as PbCompression, ErrorCode};
 use runnel_proto::ingest::v1 as pb;
 use runnel_proto::ingest::v1::ingest_service_server::IngestService;
@@ -169,5 +170,30 @@ impl IngestService for IngestGrpc {
             });
         }
         self.dispatch(&mut m, parts, req.acks, req.timeout_ms).await
+    }
+
+    async fn init_producer_id(
+        &self,
+        request: Request<pb::InitProducerIdRequest>,
+    ) -> Result<Response<pb::InitProducerIdResponse>, Status> {
+        let _m = RequestMetrics::start("ingest", "InitProducerId");
+        let req = request.into_inner();
+        let current = match (req.producer_id, req.producer_epoch) {
+            (Some(producer_id), Some(epoch)) => Some(ProducerIdentity {
+                producer_id,
+                epoch: i16::try_from(epoch).unwrap_or(-1),
+            }),
+            _ => None,
+        };
+        let p = init_producer(current);
+        tracing::debug!(
+            producer_id = p.producer_id,
+            epoch = p.epoch,
+            "producer id assigned"
+        );
+        Ok(Response::new(pb::InitProducerIdResponse {
+            producer_id: p.producer_id,
+            producer_epoch: p.epoch.into(),
+        }))
     }
 }

@@ -202,10 +202,59 @@ impl Replication {
             .collect()
     }
 
-    /// Forgets partitions this node no longer leads.
-    pub fn retain(&self, mut leads: impl FnMut(&str, i32) -> bool) {
-        self.partitions.lock().retain(|(t, p), _| leads(t, *p));
+    /// Publishes how far each follower is behind this leader, in offsets
+    /// (`runnel_replica_follower_lag_offsets`) and in time since it was last
+    /// caught up (`runnel_replica_follower_lag_seconds`, what
+    /// `replica_lag_time_max_ms` is compared with).
+    pub fn publish_follower_lag(
+        &self,
+        topic: &str,
+        partition: i32,
+        state: &PartitionRecord,
+        log: &PartitionLog,
+    ) {
+        let now = Instant::now();
+        let end = log.local_end_offset();
+        let mut partitions = self.partitions.lock();
+        let progress = progress_for(&mut partitions, topic, partition, state.leader_epoch, log);
+        for &replica in state.replicas.iter().filter(|&&m| m != self.node_id) {
+            let (offsets, since) = match progress.followers.get(&replica) {
+                Some(f) => ((end - f.end).max(0), f.caught_up_at),
+                None => (end, progress.since),
+            };
+            set_follower_lag(
+                topic,
+                partition,
+                replica,
+                offsets as f64,
+                now.duration_since(since).as_secs_f64(),
+            );
+        }
     }
+
+    /// Forgets partitions this node no longer leads (and zeroes the lag it
+    /// reported for their followers: the new leader reports it now).
+    pub fn retain(&self, mut leads: impl FnMut(&str, i32) -> bool) {
+        self.partitions.lock().retain(|(t, p), progress| {
+            let keep = leads(t, *p);
+            if !keep {
+                for &replica in progress.followers.keys() {
+                    set_follower_lag(t, *p, replica, 0.0, 0.0);
+                }
+            }
+            keep
+        });
+    }
+}
+
+fn set_follower_lag(topic: &str, partition: i32, follower: i32, offsets: f64, seconds: f64) {
+    let labels = [
+        ("topic", topic.to_string()),
+        ("partition", partition.to_string()),
+        ("follower", follower.to_string()),
+    ];
+    metrics::gauge!("runnel_replica_follower_lag_offsets", &labels).set(offsets);
+    metrics::gauge!("runnel_replica_follower_lag_seconds", &labels).set(seconds);
 }
 
 /// The progress of a partition's followers at this epoch of this log,
@@ -314,6 +363,7 @@ impl StorageNode {
                         continue;
                     };
                     self.replication.update_high_watermark(name, p, state, &log);
+                    self.replication.publish_follower_lag(name, p, state, &log);
                     for lagging in self.replication.lagging(name, p, state, &log) {
                         shrinks.push((name.clone(), p, state.leader_epoch, lagging));
                     }
