@@ -71,6 +71,9 @@ if [ -z "${RUNNEL_KAFKA_BOOTSTRAP:-}" ]; then
         rm -rf "$work"
     }
     trap cleanup EXIT
+    # Retention and compaction passes twice a second, so the tests that
+    # watch them (test_log_cleanup.py) need not wait minutes.
+    export RUNNEL_RETENTION_CHECK_INTERVAL_MS=500 RUNNEL_LOG_CLEANER_INTERVAL_MS=500
     case "${RUNNEL_TOPOLOGY:-dev}" in
     dev)
         # What a user runs first: `runnel dev`, on free ports.

@@ -1,11 +1,14 @@
 """Administration through the edge with real admin clients: CreatePartitions,
 AlterConfigs (legacy, replaces the whole set), IncrementalAlterConfigs (SET,
 DELETE, APPEND/SUBTRACT on list configs), validate_only and refused values,
-and DescribeLogDirs (kafka-python; confluent-kafka has no such call).
+DescribeLogDirs (kafka-python; confluent-kafka has no such call) and
+DeleteRecords (both clients).
 
 The tests hold whatever the topology: one edge or several, one storage node or
 several (each edge reports every storage node's log directories)."""
 
+import os
+import subprocess
 import time
 
 import pytest
@@ -16,9 +19,11 @@ from confluent_kafka.admin import (
     ConfigResource,
     ConfigSource,
     NewPartitions,
+    OffsetSpec,
     ResourceType,
 )
-from kafka import KafkaProducer
+from kafka import KafkaConsumer, KafkaProducer
+from kafka import TopicPartition as KpTopicPartition
 from kafka.admin import (
     AlterConfigOp,
     ConfigResourceType,
@@ -26,9 +31,9 @@ from kafka.admin import (
     NewPartitions as KpNewPartitions,
 )
 from kafka.admin import ConfigResource as KpConfigResource
-from kafka.errors import InvalidPartitionsError, UnknownTopicOrPartitionError
+from kafka.errors import InvalidPartitionsError, OffsetOutOfRangeError, UnknownTopicOrPartitionError
 
-from conftest import unique
+from conftest import runnel_bin, runnel_cli, unique
 
 
 def error_code(future, timeout=30):
@@ -219,7 +224,8 @@ def test_kafka_python_partitions_configs_and_log_dirs(bootstrap, new_topic):
         # storage node's directory, as every edge (broker) reports it.
         p = KafkaProducer(bootstrap_servers=bootstrap.split(","))
         for i in range(50):
-            p.send(topic, value=b"x" * 1000, partition=1)
+            # (The topic is compacted now: records need a key.)
+            p.send(topic, key=b"k", value=b"x" * 1000, partition=1)
         p.flush(30)
         p.close()
         everything = a.describe_log_dirs()
@@ -248,3 +254,119 @@ def test_kafka_python_partitions_configs_and_log_dirs(bootstrap, new_topic):
             assert found == [(topic, 1)], answer
     finally:
         a.close()
+
+
+def produce_values(bootstrap, topic, partition, values):
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
+    for v in values:
+        p.produce(topic, value=v, partition=partition)
+    assert p.flush(30) == 0
+
+
+def consume_from(bootstrap, topic, partition, offset, count):
+    """The first `count` (offset, value) pairs read from `offset` on; a
+    position below the log start is reset to the earliest offset."""
+    c = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": unique("dr"),
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+        }
+    )
+    try:
+        c.assign([TopicPartition(topic, partition, offset)])
+        got = []
+        deadline = time.time() + 30
+        while len(got) < count and time.time() < deadline:
+            m = c.poll(1.0)
+            if m is None:
+                continue
+            assert m.error() is None, m.error()
+            got.append((m.offset(), m.value()))
+        return got
+    finally:
+        c.close()
+
+
+def test_delete_records_with_confluent_kafka(bootstrap, admin, new_topic):
+    topic = new_topic("dr", partitions=2, config={"segment.bytes": "4096"})
+    produce_values(bootstrap, topic, 0, [b"v%d" % i for i in range(300)])
+    produce_values(bootstrap, topic, 1, [b"w%d" % i for i in range(20)])
+
+    fs = admin.delete_records(
+        [TopicPartition(topic, 0, 123), TopicPartition(topic, 1, -1)], operation_timeout=10
+    )
+    assert fs[TopicPartition(topic, 0)].result(timeout=30).low_watermark == 123
+    # OFFSET_END (-1): everything up to the high watermark.
+    assert fs[TopicPartition(topic, 1)].result(timeout=30).low_watermark == 20
+
+    earliest = admin.list_offsets(
+        {TopicPartition(topic, 0): OffsetSpec.earliest(), TopicPartition(topic, 1): OffsetSpec.earliest()}
+    )
+    assert earliest[TopicPartition(topic, 0)].result(timeout=30).offset == 123
+    assert earliest[TopicPartition(topic, 1)].result(timeout=30).offset == 20
+    latest = admin.list_offsets({TopicPartition(topic, 0): OffsetSpec.latest()})
+    assert latest[TopicPartition(topic, 0)].result(timeout=30).offset == 300
+
+    # Records below the start are gone: a consumer asking for offset 5 is
+    # reset to 123 and reads from there, in order.
+    got = consume_from(bootstrap, topic, 0, 5, 177)
+    assert got == [(i, b"v%d" % i) for i in range(123, 300)]
+
+    # Never lowered; beyond the high watermark: OFFSET_OUT_OF_RANGE.
+    fs = admin.delete_records([TopicPartition(topic, 0, 50)], operation_timeout=10)
+    assert fs[TopicPartition(topic, 0)].result(timeout=30).low_watermark == 123
+    fs = admin.delete_records([TopicPartition(topic, 0, 301)], operation_timeout=10)
+    assert error_code(fs[TopicPartition(topic, 0)]) == KafkaError.OFFSET_OUT_OF_RANGE
+    earliest = admin.list_offsets({TopicPartition(topic, 0): OffsetSpec.earliest()})
+    assert earliest[TopicPartition(topic, 0)].result(timeout=30).offset == 123
+
+
+def test_delete_records_with_kafka_python(bootstrap, new_topic):
+    topic = new_topic("kp-dr", partitions=1)
+    produce_values(bootstrap, topic, 0, [b"x%d" % i for i in range(100)])
+    tp = KpTopicPartition(topic, 0)
+    a = KafkaAdminClient(bootstrap_servers=bootstrap.split(","))
+    c = KafkaConsumer(bootstrap_servers=bootstrap.split(","), enable_auto_commit=False)
+    try:
+        result = a.delete_records({tp: 60})
+        assert result[tp]["low_watermark"] == 60
+        assert result[tp]["error_code"] == 0
+        assert c.beginning_offsets([tp]) == {tp: 60}
+        assert c.end_offsets([tp]) == {tp: 100}
+        with pytest.raises(OffsetOutOfRangeError):
+            a.delete_records({tp: 101})
+        assert c.beginning_offsets([tp]) == {tp: 60}
+    finally:
+        c.close()
+        a.close()
+    assert consume_from(bootstrap, topic, 0, 0, 40) == [(i, b"x%d" % i) for i in range(60, 100)]
+
+
+def test_delete_records_with_the_cli(bootstrap, admin, new_topic):
+    coordinator = os.environ.get("RUNNEL_COORDINATOR_ADDRESS")
+    if not coordinator:
+        pytest.skip("needs RUNNEL_COORDINATOR_ADDRESS (set by run_edge_tests.sh)")
+    topic = new_topic("cli-dr", partitions=2)
+    produce_values(bootstrap, topic, 0, [b"c%d" % i for i in range(50)])
+    produce_values(bootstrap, topic, 1, [b"d%d" % i for i in range(10)])
+    out = runnel_cli(
+        "topic", "delete-records", topic, "--partition", "0", "--before-offset", "30", "--coordinator", coordinator
+    )
+    assert out.splitlines() == [f"{topic}\tpartition=0\tlow_watermark=30"]
+    out = runnel_cli("topic", "delete-records", topic, "--all-partitions", "--to-high-watermark", "--coordinator", coordinator)
+    assert out.splitlines() == [
+        f"{topic}\tpartition=0\tlow_watermark=50",
+        f"{topic}\tpartition=1\tlow_watermark=10",
+    ]
+    earliest = admin.list_offsets({TopicPartition(topic, 1): OffsetSpec.earliest()})
+    assert earliest[TopicPartition(topic, 1)].result(timeout=30).offset == 10
+    # Beyond the high watermark: the partition's error, a failed exit.
+    failed = subprocess.run(
+        [runnel_bin(), "topic", "delete-records", topic, "--partition", "1", "--before-offset", "11",
+         "--coordinator", coordinator],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert failed.returncode != 0
+    assert "OffsetOutOfRange" in failed.stderr, failed.stderr

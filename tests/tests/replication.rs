@@ -773,3 +773,137 @@ async fn a_partition_moves_to_other_nodes_with_the_cli_while_it_takes_writes() {
         acked.len()
     );
 }
+
+/// The base offsets of the segments in a partition directory, oldest first.
+fn segment_bases(dir: &std::path::Path) -> Vec<i64> {
+    let mut bases: Vec<i64> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.unwrap().file_name().to_string_lossy().into_owned();
+            name.strip_suffix(".log")?.parse().ok()
+        })
+        .collect();
+    bases.sort();
+    bases
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn followers_follow_delete_records_and_a_new_leader_keeps_the_start() {
+    const TOPIC: &str = "trimmed";
+    let mut cluster = ProcessCluster::start(ProcessSpec {
+        storage_nodes: 3,
+        ..ProcessSpec::default()
+    })
+    .await;
+    let admin = Admin::connect(cluster.coordinator()).unwrap();
+    let mut topic = NewTopic::new(TOPIC, 1).config("segment.bytes", "4096");
+    topic.replication_factor = 3;
+    admin.create_topic(topic).await.unwrap();
+    wait_topic_ready(cluster.coordinator(), Some(cluster.ingest()), TOPIC).await;
+    let p = wait_fully_in_sync(&admin, TOPIC, 3).await.remove(0);
+    // Batches of 20 records, several per segment.
+    const RECORDS: usize = 1000;
+    let producer = acks_all_producer(&cluster, Duration::from_secs(10), 20);
+    for i in 0..RECORDS {
+        let record = Record {
+            value: Some(value_of(i)),
+            partition: Some(0),
+            ..Default::default()
+        };
+        producer.send(TOPIC, record).await.unwrap();
+        if i % 20 == 19 {
+            producer.flush().await.unwrap();
+        }
+    }
+    producer.flush().await.unwrap();
+    wait_replicas_identical(&cluster, TOPIC).await;
+
+    let partition_dir = |cluster: &mut ProcessCluster, node: i32| {
+        let dir = cluster.storage_node(node).data_dir.clone().unwrap();
+        dir.join(format!("{TOPIC}-0"))
+    };
+    let bases = segment_bases(&partition_dir(&mut cluster, p.leader));
+    assert!(bases.len() > 4, "{bases:?}");
+    let target = bases[2] + 3;
+    assert!(target < bases[3]);
+    let deleted = admin
+        .delete_records(TOPIC, &std::collections::BTreeMap::from([(0, target)]))
+        .await
+        .unwrap();
+    assert_eq!(deleted[&0].as_ref().unwrap(), &target);
+
+    // Each follower records the leader's start and drops what lies wholly
+    // below it, on its next fetch.
+    for &node in p.replicas.iter().filter(|&&n| n != p.leader) {
+        let dir = partition_dir(&mut cluster, node);
+        eventually("the follower follows the log start", SOON, || async {
+            let recorded =
+                std::fs::read_to_string(dir.join("log-start-offset")).unwrap_or_default();
+            let bases = segment_bases(&dir);
+            if recorded.trim() == target.to_string() && bases[0] <= target && bases[1] > target {
+                Ok(())
+            } else {
+                Err(format!(
+                    "node {node}: start {recorded:?}, segments {bases:?}"
+                ))
+            }
+        })
+        .await;
+    }
+
+    // The leader dies: the new one answers with the same start, and reads
+    // below it are out of range.
+    cluster.storage_node(p.leader).kill_9();
+    let new_leader = eventually("a new leader", LEASE_WAIT, || async {
+        let now = partitions(&admin, TOPIC).await?.remove(0);
+        if now.leader >= 0 && now.leader != p.leader {
+            Ok(now.leader)
+        } else {
+            Err(format!("{now:?}"))
+        }
+    })
+    .await;
+    let address = cluster.storage_node(new_leader).address.clone();
+    let earliest = eventually("the new leader answers", SOON, || async {
+        let r = storage_client(&address)
+            .list_offsets(storage_pb::ListOffsetsRequest {
+                queries: vec![storage_pb::OffsetQuery {
+                    topic: TOPIC.into(),
+                    partition: 0,
+                    timestamp: -2,
+                }],
+            })
+            .await
+            .map_err(|e| e.to_string())?
+            .into_inner()
+            .results
+            .remove(0);
+        if r.error == 0 {
+            Ok(r.offset)
+        } else {
+            Err(r.error_message)
+        }
+    })
+    .await;
+    assert_eq!(earliest, target, "new leader {new_leader}");
+    let below = storage_client(&address)
+        .fetch(storage_pb::FetchRequest {
+            partitions: vec![storage_pb::PartitionFetch {
+                topic: TOPIC.into(),
+                partition: 0,
+                offset: target - 1,
+                max_bytes: 1 << 20,
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .results
+        .remove(0);
+    assert_eq!(below.error, ErrorCode::OffsetOutOfRange as i32);
+    assert_eq!(below.log_start_offset, target);
+    let consumed = consume_all(cluster.coordinator(), TOPIC).await;
+    let values: Vec<usize> = consumed[&0].iter().map(runnel_e2e::index_of).collect();
+    assert_eq!(values, (target as usize..RECORDS).collect::<Vec<_>>());
+}

@@ -3,7 +3,8 @@
 //! size (`retention.bytes`) and by time (`retention.ms`); the native
 //! consumer sees the earliest offset move, gets OFFSET_OUT_OF_RANGE below
 //! it (or, with `auto_offset_reset`, resumes at the new start), and reads
-//! every record from there on intact and in order.
+//! every record from there on intact and in order. DeleteRecords through
+//! the native client moves the start inside a segment the same way.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -179,10 +180,15 @@ async fn check_consumers(
             "offset {offset}: headers"
         );
     }
-    // The raw batches as the storage node serves them: from the start,
-    // CRC-valid and contiguous up to the high watermark.
+    // The raw batches as the storage node serves them: from the batch
+    // holding the start (DeleteRecords may put it inside one), CRC-valid
+    // and contiguous up to the high watermark.
     let (batches, hw) = scan_partition(&cluster.coordinator, topic, 0).await;
-    assert_eq!(batches.first().unwrap().base_offset, start);
+    let first = batches.first().unwrap();
+    assert!(
+        (first.base_offset..=first.last_offset).contains(&start),
+        "{first:?} holds {start}"
+    );
     assert_eq!(batches.last().unwrap().last_offset + 1, hw);
     assert_eq!(hw, end);
 }
@@ -300,5 +306,96 @@ async fn time_retention_deletes_segments_with_old_timestamps() {
     assert_eq!(first_recent, boundary);
     let (earliest_by_time, _) = c.list_offset(topic, 0, 0).await.unwrap();
     assert_eq!(earliest_by_time, start);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_records_moves_the_start_inside_a_segment() {
+    let cluster = cluster().await;
+    let topic = "trimmed";
+    let admin = cluster.admin();
+    admin
+        .create_topic(NewTopic::new(topic, 1).config("segment.bytes", &SEGMENT_BYTES.to_string()))
+        .await
+        .unwrap();
+    wait_topic_ready(&cluster.coordinator, Some(&cluster.ingest), topic).await;
+    let mut at = BTreeMap::new();
+    produce(&cluster, topic, 0..1500, |_| None, &mut at).await;
+    let end = at.keys().next_back().unwrap() + 1;
+    let dir = partition_dir(&cluster, topic);
+    let before = segments(&dir);
+    assert!(before.len() > 5, "{before:?}");
+    // Inside the fourth segment, and inside a batch (the producer sends up
+    // to 16 records per batch).
+    let target = before[3].0 + 5;
+    assert!(target < before[4].0, "{before:?}");
+
+    let deleted = admin
+        .delete_records(topic, &BTreeMap::from([(0, target)]))
+        .await
+        .unwrap();
+    assert_eq!(deleted[&0].as_ref().unwrap(), &target, "the low watermark");
+    // The segments wholly below it went before the answer; the one holding
+    // it stays.
+    assert_eq!(segments(&dir)[0].0, before[3].0);
+    no_leftovers(&dir).await;
+    check_consumers(&cluster, topic, target, &at).await;
+    // Time lookups see nothing below the start either.
+    let mut c = consumer(&cluster, None);
+    assert_eq!(c.list_offset(topic, 0, 0).await.unwrap().0, target);
+
+    // Never lowered; beyond the high watermark, an unknown partition or a
+    // topic that is only compacted: refused, each with its own code.
+    let again = admin
+        .delete_records(topic, &BTreeMap::from([(0, 3)]))
+        .await
+        .unwrap();
+    assert_eq!(again[&0].as_ref().unwrap(), &target);
+    let refused = admin
+        .delete_records(topic, &BTreeMap::from([(0, end + 1), (7, 1)]))
+        .await
+        .unwrap();
+    let code = |p: i32| refused[&p].as_ref().unwrap_err().code();
+    assert_eq!(code(0), Some(ErrorCode::OffsetOutOfRange));
+    assert_eq!(code(7), Some(ErrorCode::UnknownTopicOrPartition));
+    assert!(matches!(
+        admin
+            .delete_records("no-such-topic", &BTreeMap::from([(0, 1)]))
+            .await,
+        Err(ClientError::UnknownTopic(_))
+    ));
+    admin
+        .create_topic(NewTopic::new("compacted", 1).config("cleanup.policy", "compact"))
+        .await
+        .unwrap();
+    wait_topic_ready(&cluster.coordinator, Some(&cluster.ingest), "compacted").await;
+    let policy = admin
+        .delete_records("compacted", &BTreeMap::from([(0, -1)]))
+        .await
+        .unwrap();
+    assert_eq!(
+        policy[&0].as_ref().unwrap_err().code(),
+        Some(ErrorCode::PolicyViolation)
+    );
+
+    // -1: everything there is; the log starts at its end and goes on.
+    let all = admin
+        .delete_records(topic, &BTreeMap::from([(0, -1)]))
+        .await
+        .unwrap();
+    assert_eq!(all[&0].as_ref().unwrap(), &end);
+    assert_eq!(c.list_offset(topic, 0, -2).await.unwrap().0, end);
+    produce(&cluster, topic, 1500..1550, |_| None, &mut at).await;
+    let mut from_earliest = consumer(&cluster, None);
+    from_earliest
+        .assign(topic, Some(vec![0]), StartOffset::Earliest)
+        .await
+        .unwrap();
+    let read = drain(&mut from_earliest, &cluster.coordinator, topic)
+        .await
+        .remove(&0)
+        .unwrap_or_default();
+    let offsets: Vec<i64> = read.iter().map(|r| r.offset).collect();
+    assert_eq!(offsets, (end..end + 50).collect::<Vec<_>>());
     cluster.shutdown().await;
 }

@@ -1,6 +1,7 @@
 //! The native Rust client for runnel, over gRPC.
 //!
-//! - [`Admin`] creates, lists, describes and deletes topics (coordinator);
+//! - [`Admin`] creates, lists, describes and deletes topics (coordinator),
+//!   and deletes records below an offset (partition leaders);
 //! - [`Producer`] batches records per partition (size or linger), compresses,
 //!   sends through ingest and resolves each record's offset; keys go to the
 //!   partition Kafka's default partitioner would pick;

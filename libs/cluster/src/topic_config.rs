@@ -200,7 +200,7 @@ pub fn validate(configs: &BTreeMap<String, String>) -> Result<(), ConfigError> {
 
 /// The configs the storage and ingest paths act on, resolved against the
 /// defaults.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TopicConfig {
     pub retention_ms: i64,
     pub retention_bytes: i64,
@@ -211,10 +211,18 @@ pub struct TopicConfig {
     pub log_append_time: bool,
     pub compact: bool,
     pub delete: bool,
+    pub delete_retention_ms: i64,
+    pub min_cleanable_dirty_ratio: f64,
+    pub min_compaction_lag_ms: i64,
+    pub max_compaction_lag_ms: i64,
     /// A replica outside the ISR may lead when no ISR member is live
     /// (losing what it lacks).
     pub unclean_leader_election: bool,
 }
+
+// The one float, `min_cleanable_dirty_ratio`, is validated to lie in
+// [0, 1] (never NaN), so equality is reflexive.
+impl Eq for TopicConfig {}
 
 impl Default for TopicConfig {
     fn default() -> Self {
@@ -251,6 +259,13 @@ impl TopicConfig {
             log_append_time: get("message.timestamp.type") == "LogAppendTime",
             compact: policy.contains("compact"),
             delete: policy.contains("delete"),
+            delete_retention_ms: long("delete.retention.ms"),
+            min_cleanable_dirty_ratio: get("min.cleanable.dirty.ratio")
+                .trim()
+                .parse()
+                .unwrap_or(0.5),
+            min_compaction_lag_ms: long("min.compaction.lag.ms"),
+            max_compaction_lag_ms: long("max.compaction.lag.ms"),
             unclean_leader_election: get("unclean.leader.election.enable") == "true",
         }
     }

@@ -23,9 +23,9 @@ use bytes::{Buf, Bytes};
 /// Size of the fixed part of a v2 batch.
 pub const HEADER_LEN: usize = 61;
 /// Offset of the first CRC-covered byte (attributes).
-const CRC_START: usize = 21;
+pub(crate) const CRC_START: usize = 21;
 /// The bytes before `batchLength` counts.
-const LOG_OVERHEAD: usize = 12;
+pub(crate) const LOG_OVERHEAD: usize = 12;
 
 /// Attribute bits.
 pub const COMPRESSION_MASK: i16 = 0x07;

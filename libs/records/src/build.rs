@@ -33,7 +33,7 @@ pub struct StoredRecord {
 
 #[derive(Debug, thiserror::Error)]
 #[error("record batch codec: {0}")]
-pub struct CodecError(String);
+pub struct CodecError(pub(crate) String);
 
 /// The idempotent producer's stamp on a batch: its id, epoch and the
 /// sequence number of the batch's first record.
@@ -137,7 +137,7 @@ pub fn decode_records(buf: Bytes) -> Result<Vec<StoredRecord>, CodecError> {
 /// must not take the process's memory.
 pub const MAX_DECOMPRESSED_BATCH: usize = 128 * 1024 * 1024;
 
-fn decompress(codec: i16, payload: Bytes) -> Result<Bytes, CodecError> {
+pub(crate) fn decompress(codec: i16, payload: Bytes) -> Result<Bytes, CodecError> {
     use std::io::Read;
     let err = |what: &str, e: &dyn std::fmt::Display| CodecError(format!("{what}: {e}"));
     let bounded = |reader: &mut dyn Read, what: &str| -> Result<Bytes, CodecError> {
@@ -211,16 +211,16 @@ fn snappy(payload: &[u8]) -> Result<Bytes, CodecError> {
 }
 
 /// A cursor over record bytes that refuses to read past the end.
-struct Cursor {
-    buf: Bytes,
+pub(crate) struct Cursor {
+    pub(crate) buf: Bytes,
 }
 
 impl Cursor {
-    fn err(what: &str) -> CodecError {
+    pub(crate) fn err(what: &str) -> CodecError {
         CodecError(format!("malformed record: {what}"))
     }
 
-    fn varlong(&mut self) -> Result<i64, CodecError> {
+    pub(crate) fn varlong(&mut self) -> Result<i64, CodecError> {
         let mut value: u64 = 0;
         for i in 0..10 {
             let Some(&b) = self.buf.first() else {
@@ -236,11 +236,11 @@ impl Cursor {
         Err(Self::err("varint longer than 10 bytes"))
     }
 
-    fn varint(&mut self) -> Result<i32, CodecError> {
+    pub(crate) fn varint(&mut self) -> Result<i32, CodecError> {
         i32::try_from(self.varlong()?).map_err(|_| Self::err("varint out of range"))
     }
 
-    fn bytes(&mut self, len: usize) -> Result<Bytes, CodecError> {
+    pub(crate) fn bytes(&mut self, len: usize) -> Result<Bytes, CodecError> {
         if len > self.buf.len() {
             return Err(Self::err("length beyond the end of the batch"));
         }
@@ -248,7 +248,7 @@ impl Cursor {
     }
 
     /// A length-prefixed field; -1 means null.
-    fn nullable(&mut self) -> Result<Option<Bytes>, CodecError> {
+    pub(crate) fn nullable(&mut self) -> Result<Option<Bytes>, CodecError> {
         match self.varint()? {
             -1 => Ok(None),
             n if n < 0 => Err(Self::err("negative length")),

@@ -10,6 +10,7 @@
 
 pub mod batch;
 pub mod build;
+pub mod compact;
 pub mod partitioner;
 
 pub use batch::{BatchError, BatchHeader, Batches};

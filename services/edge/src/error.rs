@@ -140,6 +140,7 @@ pub fn from_runnel(error: i32) -> i16 {
         Ok(ErrorCode::NotEnoughReplicasAfterAppend) => code::NOT_ENOUGH_REPLICAS_AFTER_APPEND,
         Ok(ErrorCode::OutOfOrderSequenceNumber) => code::OUT_OF_ORDER_SEQUENCE_NUMBER,
         Ok(ErrorCode::InvalidProducerEpoch) => code::INVALID_PRODUCER_EPOCH,
+        Ok(ErrorCode::PolicyViolation) => code::POLICY_VIOLATION,
         Ok(ErrorCode::UnknownServerError) | Err(_) => code::UNKNOWN_SERVER_ERROR,
     }
 }
@@ -240,6 +241,7 @@ mod tests {
             (ErrorCode::NotEnoughReplicasAfterAppend, 20),
             (ErrorCode::OutOfOrderSequenceNumber, 45),
             (ErrorCode::InvalidProducerEpoch, 47),
+            (ErrorCode::PolicyViolation, 44),
             (ErrorCode::UnknownServerError, -1),
         ];
         for (runnel, kafka) in cases {

@@ -51,6 +51,8 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::OffsetDelete, 0, 0),
     // KIP-848 consumer groups (api/consumer_group.rs).
     (ApiKey::ConsumerGroupHeartbeat, 0, 1),
+    // Log start offsets moved up on the partition leaders.
+    (ApiKey::DeleteRecords, 0, 2),
 ];
 
 /// The version range the edge accepts for an API, if it serves it.
@@ -90,6 +92,7 @@ pub fn api_name(api: ApiKey) -> &'static str {
         ApiKey::DeleteGroups => "DeleteGroups",
         ApiKey::OffsetDelete => "OffsetDelete",
         ApiKey::ConsumerGroupHeartbeat => "ConsumerGroupHeartbeat",
+        ApiKey::DeleteRecords => "DeleteRecords",
         _ => "other",
     }
 }
@@ -165,6 +168,7 @@ pub enum Request {
     DeleteGroups(DeleteGroupsRequest),
     OffsetDelete(OffsetDeleteRequest),
     ConsumerGroupHeartbeat(ConsumerGroupHeartbeatRequest),
+    DeleteRecords(DeleteRecordsRequest),
 }
 
 /// What a frame turned out to be.
@@ -264,6 +268,7 @@ pub fn parse_request(frame: Bytes) -> Result<Parsed, ProtocolError> {
         ApiKey::ConsumerGroupHeartbeat => {
             Request::ConsumerGroupHeartbeat(body(&mut buf, api, version)?)
         }
+        ApiKey::DeleteRecords => Request::DeleteRecords(body(&mut buf, api, version)?),
         _ => return Err(ProtocolError::UnsupportedVersion { api, version }),
     };
     Ok(Parsed::Request {
@@ -444,6 +449,7 @@ mod tests {
                     ApiKey::ConsumerGroupHeartbeat => {
                         encoded::<ConsumerGroupHeartbeatRequest>(api, v)
                     }
+                    ApiKey::DeleteRecords => encoded::<DeleteRecordsRequest>(api, v),
                     other => panic!("{other:?} served but not tested"),
                 };
                 match parse_request(frame) {

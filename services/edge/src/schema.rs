@@ -52,6 +52,7 @@ const SOURCES: &[&str] = &[
     include_str!("../schemas/DeleteGroupsRequest.json"),
     include_str!("../schemas/OffsetDeleteRequest.json"),
     include_str!("../schemas/ConsumerGroupHeartbeatRequest.json"),
+    include_str!("../schemas/DeleteRecordsRequest.json"),
 ];
 
 /// An inclusive version range; `None` means "no version".
@@ -574,6 +575,36 @@ mod tests {
         // v1: topics count (4), name (2 + 1), partitions count (4).
         body[7..11].copy_from_slice(&i32::MAX.to_be_bytes());
         assert!(check(35, 1, &body).is_err());
+    }
+
+    /// DeleteRecords as admin clients send it passes at every served
+    /// version; a partition count larger than the body is refused.
+    #[test]
+    fn accepts_delete_records_as_the_crate_encodes_it() {
+        use kafka_protocol::messages::delete_records_request::{
+            DeleteRecordsPartition, DeleteRecordsTopic,
+        };
+        let req = DeleteRecordsRequest::default()
+            .with_timeout_ms(30_000)
+            .with_topics(vec![
+                DeleteRecordsTopic::default()
+                    .with_name(TopicName(StrBytes::from_static_str("t")))
+                    .with_partitions(vec![
+                        DeleteRecordsPartition::default()
+                            .with_partition_index(0)
+                            .with_offset(42),
+                        DeleteRecordsPartition::default()
+                            .with_partition_index(1)
+                            .with_offset(-1),
+                    ]),
+            ]);
+        for v in 0..=2 {
+            check(21, v, &encoded(&req, v)).unwrap_or_else(|e| panic!("v{v}: {e}"));
+        }
+        let mut body = encoded(&req, 0).to_vec();
+        // v0: topics count (4), name (2 + 1), partitions count (4).
+        body[7..11].copy_from_slice(&i32::MAX.to_be_bytes());
+        assert!(check(21, 0, &body).is_err());
     }
 
     /// The consumer-group requests, filled in as clients send them, pass the

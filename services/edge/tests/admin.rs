@@ -1,6 +1,6 @@
 //! Administration on the wire: CreatePartitions, AlterConfigs,
-//! IncrementalAlterConfigs and DescribeLogDirs with the error codes clients
-//! act on, and Metadata for a topic of 2,000 partitions.
+//! IncrementalAlterConfigs, DescribeLogDirs and DeleteRecords with the error
+//! codes clients act on, and Metadata for a topic of 2,000 partitions.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -406,6 +406,106 @@ async fn describe_log_dirs() {
         assert_eq!(none.results.len(), 1);
         assert!(none.results[0].topics.is_empty());
     }
+    cluster.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_records() {
+    use kafka_protocol::messages::delete_records_request::{
+        DeleteRecordsPartition, DeleteRecordsTopic,
+    };
+    use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+    let cluster = Cluster::start(Options::default()).await.unwrap();
+    let mut c = KafkaConn::connect(cluster.kafka()).await.unwrap();
+    create_topic(&mut c, "trim", 2).await;
+    let records: Vec<PlainRecord> = (0..100)
+        .map(|i| PlainRecord {
+            key: None,
+            value: Some(Bytes::from(format!("r{i}"))),
+            headers: vec![],
+            timestamp_ms: 1,
+        })
+        .collect();
+    let produce = ProduceRequest::default()
+        .with_acks(-1)
+        .with_timeout_ms(10_000)
+        .with_topic_data(vec![
+            TopicProduceData::default()
+                .with_name(name("trim"))
+                .with_partition_data(vec![
+                    PartitionProduceData::default()
+                        .with_index(1)
+                        .with_records(Some(build_batch(&records, Compression::None).unwrap())),
+                ]),
+        ]);
+    let r = c.call(&produce, 9).await.unwrap();
+    assert_eq!(r.responses[0].partition_responses[0].error_code, 0);
+    let part = |index: i32, offset: i64| {
+        DeleteRecordsPartition::default()
+            .with_partition_index(index)
+            .with_offset(offset)
+    };
+    for v in 0..=2 {
+        // Inside the one batch of partition 1; partition 0 is empty, so any
+        // offset above 0 is beyond its high watermark.
+        let target = 40 + i64::from(v);
+        let req = DeleteRecordsRequest::default()
+            .with_timeout_ms(10_000)
+            .with_topics(vec![
+                DeleteRecordsTopic::default()
+                    .with_name(name("trim"))
+                    .with_partitions(vec![part(1, target), part(0, 5), part(9, 1)]),
+                DeleteRecordsTopic::default()
+                    .with_name(name("missing"))
+                    .with_partitions(vec![part(0, 1)]),
+            ]);
+        let resp = c.call(&req, v).await.unwrap();
+        assert_eq!(resp.throttle_time_ms, 0);
+        let got: Vec<(String, i32, i16, i64)> = resp
+            .topics
+            .iter()
+            .flat_map(|t| {
+                t.partitions.iter().map(|p| {
+                    (
+                        t.name.0.to_string(),
+                        p.partition_index,
+                        p.error_code,
+                        p.low_watermark,
+                    )
+                })
+            })
+            .collect();
+        let want = |t: &str, p, e, l| (t.to_string(), p, e, l);
+        assert_eq!(
+            got,
+            vec![
+                want("trim", 1, 0, target),
+                want("trim", 0, 1, -1),
+                want("trim", 9, 3, -1),
+                want("missing", 0, 3, -1),
+            ],
+            "v{v}"
+        );
+    }
+    // The new start as ListOffsets earliest and Fetch see it.
+    let earliest = c
+        .call(
+            &ListOffsetsRequest::default()
+                .with_replica_id(BrokerId(-1))
+                .with_topics(vec![
+                    ListOffsetsTopic::default()
+                        .with_name(name("trim"))
+                        .with_partitions(vec![
+                            ListOffsetsPartition::default()
+                                .with_partition_index(1)
+                                .with_timestamp(-2),
+                        ]),
+                ]),
+            1,
+        )
+        .await
+        .unwrap();
+    assert_eq!(earliest.topics[0].partitions[0].offset, 42);
     cluster.shutdown().await.unwrap();
 }
 

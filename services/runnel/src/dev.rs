@@ -48,6 +48,12 @@ pub struct DevConfig {
     pub auto_create_topics: bool,
     /// Seconds a registration lease lives without keep-alive.
     pub lease_ttl_secs: u64,
+    /// How often storage applies retention (Kafka's
+    /// `log.retention.check.interval.ms`).
+    pub retention_check_interval_ms: u64,
+    /// How often storage looks for compacted partitions to clean (Kafka's
+    /// `log.cleaner.backoff.ms`).
+    pub log_cleaner_interval_ms: u64,
 }
 
 impl Default for DevConfig {
@@ -67,6 +73,8 @@ impl Default for DevConfig {
             flush: "always".into(),
             auto_create_topics: false,
             lease_ttl_secs: 10,
+            retention_check_interval_ms: StorageConfig::default().retention_check_interval_ms,
+            log_cleaner_interval_ms: StorageConfig::default().log_cleaner_interval_ms,
         }
     }
 }
@@ -154,6 +162,8 @@ impl DevCluster {
             advertised_address: Some(storage.clone()),
             flush: config.flush.clone(),
             lease_ttl_secs: config.lease_ttl_secs,
+            retention_check_interval_ms: config.retention_check_interval_ms,
+            log_cleaner_interval_ms: config.log_cleaner_interval_ms,
             ..Default::default()
         };
         tasks.push(spawn_role(

@@ -39,7 +39,7 @@ enum Command {
     Edge(EdgeArgs),
     /// Run a groups node (consumer-group coordination and committed offsets).
     Groups(GroupsArgs),
-    /// Create, list, describe and delete topics.
+    /// Create, list, describe, alter and delete topics; delete records.
     #[command(subcommand)]
     Topic(TopicCommand),
     /// Produce lines from stdin, one record per line.
@@ -288,6 +288,33 @@ enum TopicCommand {
         /// New total partition count (can only grow).
         #[arg(long)]
         partitions: Option<i32>,
+        #[command(flatten)]
+        endpoints: Endpoints,
+    },
+    /// Delete the records below an offset (Kafka's DeleteRecords): each
+    /// partition's log start offset moves up to it, and the new one (the
+    /// low watermark) is printed.
+    DeleteRecords {
+        name: String,
+        /// A partition (repeatable).
+        #[arg(long = "partition", required_unless_present = "all_partitions")]
+        partitions: Vec<i32>,
+        /// Every partition of the topic.
+        #[arg(long, conflicts_with = "partitions")]
+        all_partitions: bool,
+        /// Delete the records below this offset (at most the high
+        /// watermark).
+        #[arg(
+            long,
+            value_parser = clap::value_parser!(i64).range(0..),
+            allow_hyphen_values = true,
+            required_unless_present = "to_high_watermark",
+            conflicts_with = "to_high_watermark"
+        )]
+        before_offset: Option<i64>,
+        /// Delete every record there is now (up to the high watermark).
+        #[arg(long)]
+        to_high_watermark: bool,
         #[command(flatten)]
         endpoints: Endpoints,
     },
@@ -647,6 +674,39 @@ async fn topic(cmd: TopicCommand) -> anyhow::Result<()> {
                 .delete_topic(&name)
                 .await?;
             println!("deleted {name}");
+        }
+        TopicCommand::DeleteRecords {
+            name,
+            partitions,
+            all_partitions,
+            before_offset,
+            to_high_watermark: _,
+            endpoints,
+        } => {
+            let admin = Admin::connect(&endpoints.coordinator)?;
+            let partitions = if all_partitions {
+                (0..admin.describe_topic(&name).await?.partition_count).collect()
+            } else {
+                partitions
+            };
+            // -1 asks each leader for its high watermark.
+            let offset = before_offset.unwrap_or(-1);
+            let offsets = partitions.iter().map(|&p| (p, offset)).collect();
+            let mut failed = 0;
+            for (partition, outcome) in admin.delete_records(&name, &offsets).await? {
+                match outcome {
+                    Ok(low_watermark) => {
+                        println!("{name}\tpartition={partition}\tlow_watermark={low_watermark}")
+                    }
+                    Err(e) => {
+                        eprintln!("{name}\tpartition={partition}\terror: {e}");
+                        failed += 1;
+                    }
+                }
+            }
+            if failed > 0 {
+                anyhow::bail!("records of {failed} partition(s) were not deleted");
+            }
         }
     }
     Ok(())

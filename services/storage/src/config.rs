@@ -37,6 +37,9 @@ pub struct StorageConfig {
     /// `retention.bytes`) to its partitions (Kafka's
     /// `log.retention.check.interval.ms`).
     pub retention_check_interval_ms: u64,
+    /// How often the cleaner looks for compacted topics' partitions dirty
+    /// enough to compact (Kafka's `log.cleaner.backoff.ms`).
+    pub log_cleaner_interval_ms: u64,
     /// A follower that has not caught up with its leader for this long
     /// leaves the in-sync replica set (Kafka's `replica.lag.time.max.ms`).
     pub replica_lag_time_max_ms: u64,
@@ -65,6 +68,7 @@ impl Default for StorageConfig {
             flush_interval_ms: 1000,
             max_fetch_wait_ms: 30_000,
             retention_check_interval_ms: 60_000,
+            log_cleaner_interval_ms: 15_000,
             replica_lag_time_max_ms: 30_000,
             replica_fetch_wait_max_ms: 500,
             replica_fetch_max_bytes: 1 << 20,

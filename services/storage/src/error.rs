@@ -39,6 +39,7 @@ impl From<LogError> for PartitionError {
             LogError::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,
             LogError::MessageTooLarge { .. } => ErrorCode::MessageTooLarge,
             LogError::InvalidBatch(_) => ErrorCode::CorruptMessage,
+            LogError::InvalidRecord(_) => ErrorCode::InvalidRecord,
             LogError::Deleted(_) => ErrorCode::UnknownTopicOrPartition,
             LogError::InvalidTopic(_) | LogError::InvalidPartition(_) => {
                 ErrorCode::UnknownTopicOrPartition

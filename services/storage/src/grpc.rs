@@ -543,6 +543,64 @@ impl StorageService for StorageGrpc {
         Ok(Response::new(pb::ListOffsetsResponse { results }))
     }
 
+    async fn delete_records(
+        &self,
+        request: Request<pb::DeleteRecordsRequest>,
+    ) -> Result<Response<pb::DeleteRecordsResponse>, Status> {
+        let mut m = RequestMetrics::start("storage", "DeleteRecords");
+        let req = request.into_inner();
+        let mut results = Vec::with_capacity(req.partitions.len());
+        for p in req.partitions {
+            let mut r = pb::DeleteRecordsResult {
+                topic: p.topic.clone(),
+                partition: p.partition,
+                low_watermark: -1,
+                ..Default::default()
+            };
+            let outcome: Result<i64, PartitionError> = async {
+                if p.partition < 0 {
+                    return Err(PartitionError::unknown(&p.topic, p.partition));
+                }
+                let (log, _) = self.node.leader_log(&p.topic, p.partition).await?;
+                if log.config().replicated && !self.node.lease_fresh() {
+                    return Err(PartitionError::new(
+                        ErrorCode::NotLeaderOrFollower,
+                        "this node cannot confirm its cluster lease; it may no longer lead",
+                    ));
+                }
+                // Kafka's rule: records of a topic that is only compacted
+                // go only by compaction.
+                if !log.config().delete {
+                    return Err(PartitionError::new(
+                        ErrorCode::PolicyViolation,
+                        format!(
+                            "records of {}-{} cannot be deleted: its cleanup.policy does not include delete",
+                            p.topic, p.partition
+                        ),
+                    ));
+                }
+                Ok(log.delete_records(p.offset).await?)
+            }
+            .await;
+            match outcome {
+                Ok(low_watermark) => r.low_watermark = low_watermark,
+                Err(e) => {
+                    r.error = e.code as i32;
+                    r.error_message = e.message;
+                }
+            }
+            results.push(r);
+        }
+        if let Some(failed) = results.iter().find(|r| r.error != 0) {
+            m.fail(
+                ErrorCode::try_from(failed.error)
+                    .map(|c| c.as_str_name())
+                    .unwrap_or("error"),
+            );
+        }
+        Ok(Response::new(pb::DeleteRecordsResponse { results }))
+    }
+
     async fn describe_log_dirs(
         &self,
         request: Request<pb::DescribeLogDirsRequest>,

@@ -52,6 +52,11 @@ pub fn log_config(topic: &TopicConfig, flush: FlushPolicy, replicated: bool) -> 
         retention_ms: topic.retention_ms,
         retention_bytes: topic.retention_bytes,
         delete: topic.delete,
+        compact: topic.compact,
+        delete_retention_ms: topic.delete_retention_ms,
+        min_cleanable_dirty_ratio: topic.min_cleanable_dirty_ratio,
+        min_compaction_lag_ms: topic.min_compaction_lag_ms,
+        max_compaction_lag_ms: topic.max_compaction_lag_ms,
         ..LogConfig::default()
     }
 }
@@ -228,26 +233,30 @@ impl StorageNode {
 
     /// Every `retention_check_interval_ms`, applies retention to every local
     /// partition ([`Self::enforce_retention`]), until shutdown.
-    pub async fn retention_loop(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
-        let every = Duration::from_millis(self.config.retention_check_interval_ms.max(1));
-        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = shutdown.changed() => return,
-            }
+    pub async fn retention_loop(self: Arc<Self>, shutdown: tokio::sync::watch::Receiver<bool>) {
+        let every = self.config.retention_check_interval_ms;
+        periodically(every, shutdown, || async {
             self.enforce_retention().await;
-        }
+        })
+        .await;
     }
 
-    /// One retention pass: deletes the segments each local partition's topic
-    /// configs (as the metadata has them now) no longer keep. Partitions of
-    /// topics the metadata does not know (or knows under another id) are
-    /// left alone. Returns how many segments were deleted.
-    pub async fn enforce_retention(&self) -> usize {
+    /// Every `log_cleaner_interval_ms`, compacts the local partitions of
+    /// compacted topics that are dirty enough ([`Self::compact_logs`]).
+    pub async fn cleaner_loop(self: Arc<Self>, shutdown: tokio::sync::watch::Receiver<bool>) {
+        let every = self.config.log_cleaner_interval_ms;
+        periodically(every, shutdown, || async {
+            self.compact_logs().await;
+        })
+        .await;
+    }
+
+    /// The local partitions of topics the metadata knows (under the same
+    /// id), each log's config brought up to date with its topic's. Logs of
+    /// unknown topics are left alone.
+    fn current_logs(&self) -> Vec<(String, i32, PartitionLog)> {
         let md = self.watcher.current();
-        let mut deleted = 0;
+        let mut logs = Vec::new();
         for (topic, topic_id, partition) in self.logs.list() {
             let Some(t) = md.topic(&topic).filter(|t| t.record.topic_id == topic_id) else {
                 continue;
@@ -264,6 +273,17 @@ impl StorageNode {
             if log.config() != config {
                 log.set_config(config);
             }
+            logs.push((topic, partition, log));
+        }
+        logs
+    }
+
+    /// One retention pass: deletes the segments each local partition's topic
+    /// configs (as the metadata has them now) no longer keep. Returns how
+    /// many segments were deleted.
+    pub async fn enforce_retention(&self) -> usize {
+        let mut deleted = 0;
+        for (topic, partition, log) in self.current_logs() {
             log.expire_producers(now_ms(), self.config.producer_id_expiration_ms);
             match log.enforce_retention(now_ms()).await {
                 Ok(segments) => deleted += segments.len(),
@@ -274,6 +294,24 @@ impl StorageNode {
             }
         }
         deleted
+    }
+
+    /// One cleaner pass over the compacted topics' local partitions.
+    /// Returns how many partitions were compacted.
+    pub async fn compact_logs(&self) -> usize {
+        let mut compacted = 0;
+        for (topic, partition, log) in self.current_logs() {
+            match log.compact(now_ms()).await {
+                Ok(Some(_)) => compacted += 1,
+                Ok(None) | Err(crate::log::LogError::Deleted(_)) => {}
+                Err(e) => {
+                    metrics::counter!("runnel_log_cleaner_errors_total", "topic" => topic.clone())
+                        .increment(1);
+                    tracing::warn!(%topic, partition, error = %e, "cleaner pass failed");
+                }
+            }
+        }
+        compacted
     }
 
     async fn apply_assignments(
@@ -416,5 +454,27 @@ impl ClusterMarker {
                 }
             }
         }
+    }
+}
+
+/// Runs `pass` every `every_ms` (the first time after one interval; a slow
+/// pass delays the next rather than stacking them) until shutdown.
+async fn periodically<F, Fut>(
+    every_ms: u64,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    mut pass: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let every = Duration::from_millis(every_ms.max(1));
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        pass().await;
     }
 }

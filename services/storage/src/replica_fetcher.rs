@@ -213,8 +213,27 @@ async fn apply(
     match ErrorCode::try_from(result.error) {
         Ok(ErrorCode::None) => {
             if !result.records.is_empty() {
-                match log.append_replica(result.records).await {
+                match log.append_replica(result.records.clone()).await {
                     Ok(_) => {}
+                    // An empty replica that restarted at the leader's log
+                    // start gets the whole batch holding it when that start
+                    // lies inside a batch (DeleteRecords): start the
+                    // replica at the batch instead, as Kafka does; its log
+                    // start follows the leader's below.
+                    Err(LogError::NotContiguous { expected, got })
+                        if got < expected && log.log_end_offset() == log.log_start_offset() =>
+                    {
+                        tracing::info!(%topic, partition, leader, from = expected, to = got, "restarting an empty replica at the batch holding the leader's log start");
+                        if let Err(e) = log.restart_at(got).await {
+                            tracing::warn!(%topic, partition, error = %e, "cannot restart the replica");
+                            tokio::time::sleep(Duration::from_millis(500)).await;
+                            return true;
+                        }
+                        if let Err(e) = log.append_replica(result.records).await {
+                            tracing::warn!(%topic, partition, leader, error = %e, "cannot append replicated batches");
+                            return false;
+                        }
+                    }
                     Err(LogError::NotContiguous { .. } | LogError::FencedEpoch { .. }) => {
                         return false;
                     }
@@ -226,6 +245,13 @@ async fn apply(
                 }
             }
             log.set_high_watermark(result.high_watermark);
+            // Kafka's follower rule: the leader's log start (moved by
+            // DeleteRecords or retention) bounds the replica's too.
+            if result.log_start_offset > log.log_start_offset()
+                && let Err(e) = log.follow_log_start(result.log_start_offset).await
+            {
+                tracing::warn!(%topic, partition, error = %e, "cannot follow the leader's log start");
+            }
             let lag = (result.high_watermark - log.local_end_offset()).max(0);
             metrics::gauge!("runnel_replica_lag_offsets", "topic" => topic.clone(), "partition" => partition.to_string())
                 .set(lag as f64);

@@ -77,6 +77,7 @@ pub async fn serve(
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let sync = tokio::spawn(node.clone().sync_assignments(stop_rx.clone()));
     let retention = tokio::spawn(node.clone().retention_loop(stop_rx.clone()));
+    let cleaner = tokio::spawn(node.clone().cleaner_loop(stop_rx.clone()));
     let isr = tokio::spawn(node.clone().isr_loop(stop_rx.clone()));
     let fetchers = tokio::spawn(crate::replica_fetcher::run(node.clone(), stop_rx.clone()));
     let registration = tokio::spawn(node.clone().keep_registered(advertised.clone(), stop_rx));
@@ -101,6 +102,7 @@ pub async fn serve(
     let _ = registration.await;
     let _ = sync.await;
     let _ = retention.await;
+    let _ = cleaner.await;
     let _ = isr.await;
     let _ = fetchers.await;
     for (topic, _, partition) in node.logs.list() {

@@ -5,6 +5,7 @@
 mod admin;
 mod configs;
 mod consumer_group;
+mod delete_records;
 mod fetch;
 mod groups;
 mod log_dirs;
@@ -159,6 +160,12 @@ pub async fn dispatch(
             version,
             cid,
             &consumer_group::heartbeat(ctx, r, version).await,
+        ),
+        Request::DeleteRecords(r) => encode(
+            api,
+            version,
+            cid,
+            &delete_records::handle(ctx, r, version).await,
         ),
     }
 }

@@ -19,6 +19,8 @@ pub enum LogError {
     MessageTooLarge { size: usize, max: usize },
     #[error("invalid record batch: {0}")]
     InvalidBatch(String),
+    #[error("invalid record: {0}")]
+    InvalidRecord(String),
     #[error("corrupt log data in {path}: {reason}")]
     Corrupt { path: String, reason: String },
     #[error("log {0} is offline after an I/O failure: {1}")]

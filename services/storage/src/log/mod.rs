@@ -61,10 +61,13 @@
 //! whose removal leaves it at least that large. The active segment is never
 //! deleted, nor a segment holding data at or above the high watermark.
 //!
-//! The *log start offset* is the base offset of the first segment, in memory
-//! and on disk alike, so it survives a restart without a checkpoint (with
-//! every sealed segment gone and the active one empty, it is the log end).
-//! Reads below it get [`LogError::OffsetOutOfRange`].
+//! The *log start offset* is the base offset of the first segment (with
+//! every sealed segment gone and the active one empty, the log end), unless
+//! [`PartitionLog::delete_records`] moved it into a segment: then it is
+//! recorded in `log-start-offset` (durably, before segments below it are
+//! deleted) and read back on open, capped to `[first base, log end]`.
+//! Reads below it get [`LogError::OffsetOutOfRange`]; timestamp lookups skip
+//! the records below it that are still on disk.
 //!
 //! Deleting segments (one pass at a time per log): (1) they leave the
 //! in-memory segment list, under the log's lock, so a read either found a
@@ -110,7 +113,7 @@ pub use error::LogError;
 pub use files::FileCache;
 pub use idempotence::{BatchSeq, ProducerStates, SeqCheck, SeqError};
 pub use manager::{LogManager, LogManagerOptions, PartitionMeta};
-pub use partition::PartitionLog;
+pub use partition::{CleanStats, PartitionLog};
 
 /// When appended data is made durable with `fdatasync`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -126,7 +129,7 @@ pub enum FlushPolicy {
 }
 
 /// Per-partition log settings (Kafka's topic-level configs).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct LogConfig {
     /// Roll to a new segment when the next batch would exceed this size
@@ -152,6 +155,22 @@ pub struct LogConfig {
     pub retention_bytes: i64,
     /// Retention applies (`cleanup.policy` includes `delete`).
     pub delete: bool,
+    /// The cleaner keeps only the latest record per key
+    /// (`cleanup.policy` includes `compact`; see [`PartitionLog::compact`]).
+    pub compact: bool,
+    /// How long a tombstone (a null value) survives once compacted, so
+    /// consumers that read the log from the start see the deletion (Kafka's
+    /// `delete.retention.ms`).
+    pub delete_retention_ms: i64,
+    /// Clean once the uncleaned part is at least this share of the
+    /// cleanable log (Kafka's `min.cleanable.dirty.ratio`).
+    pub min_cleanable_dirty_ratio: f64,
+    /// Records younger than this are not compacted (Kafka's
+    /// `min.compaction.lag.ms`).
+    pub min_compaction_lag_ms: i64,
+    /// Clean regardless of the ratio once uncleaned records are this old
+    /// (Kafka's `max.compaction.lag.ms`).
+    pub max_compaction_lag_ms: i64,
     /// The partition has other replicas: the high watermark is what the
     /// in-sync replicas all hold, set by the replication layer through
     /// [`PartitionLog::set_high_watermark`], instead of following the
@@ -171,6 +190,11 @@ impl Default for LogConfig {
             retention_ms: -1,
             retention_bytes: -1,
             delete: true,
+            compact: false,
+            delete_retention_ms: 86_400_000,
+            min_cleanable_dirty_ratio: 0.5,
+            min_compaction_lag_ms: 0,
+            max_compaction_lag_ms: i64::MAX,
             replicated: false,
         }
     }

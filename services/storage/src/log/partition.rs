@@ -24,6 +24,10 @@ use super::segment::{
 };
 use super::{AppendInfo, DeletedSegment, FlushPolicy, LogConfig, LogError, RetentionReason};
 
+#[path = "cleaner.rs"]
+mod cleaner;
+pub use cleaner::CleanStats;
+
 /// Bytes read at a time when walking batch headers from an index position.
 const HEADER_SCAN_CHUNK: usize = 16 * 1024;
 
@@ -32,6 +36,10 @@ const SNAPSHOT_EXT: &str = "snapshot";
 
 /// Suffix of the files of a segment being deleted.
 const DELETED_SUFFIX: &str = ".deleted";
+
+/// The log start offset when it lies above the first segment's base
+/// (after DeleteRecords): one decimal number.
+const LOG_START_FILE: &str = "log-start-offset";
 
 /// How many times a timestamp lookup starts over when retention deleted a
 /// segment under it.
@@ -68,8 +76,12 @@ struct Inner {
     /// Serializes fsyncs of the active segment (group commit).
     flush_lock: tokio::sync::Mutex<()>,
     /// Serializes retention passes, so that segments are deleted (made
-    /// durable) oldest first.
+    /// durable) oldest first, with cleaner passes and truncations.
     retention_lock: Mutex<()>,
+    /// Held (shared) while a read uses sealed segments' files and
+    /// (exclusive) while the cleaner swaps a cleaned segment's files in, so
+    /// a read never pairs a segment's new index with its old log.
+    swap_lock: RwLock<()>,
     log_end: AtomicI64,
     /// The end of the data this replica may count as its own: durable per
     /// the flush policy. The high watermark follows it unless the log is
@@ -97,6 +109,9 @@ struct State {
     /// The in-memory indexes of the active segment.
     active: ActiveSegment,
     size_bytes: u64,
+    /// The first offset readers may see: at or above the first segment's
+    /// base (DeleteRecords moves it inside a segment), at most the log end.
+    log_start: i64,
     /// Set after an I/O failure that leaves the log's durability unknown;
     /// appends are refused from then on.
     failed: Option<String>,
@@ -382,6 +397,7 @@ impl PartitionLog {
         fs::create_dir_all(dir).map_err(LogError::io_path("create log directory", dir))?;
         // Handles of an earlier incarnation of this directory are stale.
         files.evict_dir(dir);
+        cleaner::recover(dir, &config)?;
         let mut bases = Vec::new();
         let mut others = Vec::new();
         for entry in fs::read_dir(dir).map_err(LogError::io_path("list", dir))? {
@@ -472,19 +488,30 @@ impl PartitionLog {
         };
         let size_bytes = segments.values().map(|s| s.size).sum();
         let log_end = scanned.end_offset;
+        // Retention may have deleted past a recorded start since, and a
+        // crash between a truncation and its record may leave one beyond
+        // the end.
+        let log_start = read_log_start(dir)
+            .unwrap_or(bases[0])
+            .max(bases[0])
+            .min(log_end);
         // A replicated log cannot know what its in-sync replicas hold
         // until they say: nothing is visible until the leader's high
         // watermark (or the follower's, from its leader) moves.
-        let high_watermark = if config.replicated { bases[0] } else { log_end };
+        let high_watermark = if config.replicated {
+            log_start
+        } else {
+            log_end
+        };
         let (hw_tx, _) = watch::channel(high_watermark);
         let (local_tx, _) = watch::channel(log_end);
         let epochs = load_epochs(dir, &segments, &files, log_end)?;
         let producers = load_producers(dir, &segments, &files, log_end)?;
         let metrics = LogMetrics::new(topic, partition);
-        metrics.start_offset.set(bases[0] as f64);
+        metrics.start_offset.set(log_start as f64);
         metrics.end_offset.set(log_end as f64);
         metrics.size_bytes.set(size_bytes as f64);
-        Ok(PartitionLog {
+        let log = PartitionLog {
             inner: Arc::new(Inner {
                 dir: dir.to_path_buf(),
                 topic: topic.to_string(),
@@ -495,12 +522,14 @@ impl PartitionLog {
                     segments,
                     active,
                     size_bytes,
+                    log_start,
                     failed: None,
                     deleted: false,
                 }),
                 append_lock: Arc::new(tokio::sync::Mutex::new(())),
                 flush_lock: tokio::sync::Mutex::new(()),
                 retention_lock: Mutex::new(()),
+                swap_lock: RwLock::new(()),
                 log_end: AtomicI64::new(log_end),
                 local_end: AtomicI64::new(log_end),
                 local_tx,
@@ -513,7 +542,11 @@ impl PartitionLog {
                 fsyncs: AtomicU64::new(0),
                 metrics,
             }),
-        })
+        };
+        // Segments a crash left below a recorded start (DeleteRecords
+        // records the start before it deletes them).
+        log.inner.delete_segments_below_start()?;
+        Ok(log)
     }
 
     /// Tells this log from another opened in the same directory later
@@ -541,14 +574,10 @@ impl PartitionLog {
         }
     }
 
-    /// The first offset in the log.
+    /// The first offset readers may see (Kafka's log start offset): the
+    /// first segment's base, or above it after [`Self::delete_records`].
     pub fn log_start_offset(&self) -> i64 {
-        self.inner
-            .state
-            .lock()
-            .segments
-            .first_key_value()
-            .map_or(0, |(b, _)| *b)
+        self.inner.state.lock().log_start
     }
 
     /// The offset the next batch will get (written, maybe not yet durable).
@@ -633,8 +662,8 @@ impl PartitionLog {
 
     /// Appends batches a follower fetched from its leader, exactly as the
     /// leader stored them (offsets, epochs and timestamps already stamped).
-    /// The first batch must start at the log end
-    /// ([`LogError::NotContiguous`] otherwise) and no batch may carry an
+    /// The first batch must start at or after the log end (a compacted
+    /// leader's log has gaps; [`LogError::NotContiguous`] before it) and no batch may carry an
     /// epoch older than the log's latest ([`LogError::FencedEpoch`]).
     pub async fn append_replica(&self, records: Bytes) -> Result<AppendInfo, LogError> {
         let batches = runnel_records::batch::Batches::validate_all(records)
@@ -678,6 +707,19 @@ impl PartitionLog {
                     size: bytes.len(),
                     max: config.max_message_bytes,
                 });
+            }
+            if config.compact && matches!(stamp, Stamp::Leader(_)) && !header.is_control() {
+                // Kafka's rule: compaction keeps the latest record per key,
+                // so a record without one has no place in the log.
+                let records = runnel_records::compact::raw_records(header, bytes)
+                    .map_err(|e| LogError::InvalidBatch(e.to_string()))?;
+                if let Some(r) = records.iter().find(|r| r.key.is_none()) {
+                    return Err(LogError::InvalidRecord(format!(
+                        "compacted topic {} cannot accept a record without a key (record {} of the batch)",
+                        self.inner.topic,
+                        r.offset - header.base_offset
+                    )));
+                }
             }
         }
         let guard = self.inner.append_lock.clone().lock_owned().await;
@@ -848,6 +890,49 @@ impl PartitionLog {
             .map_err(LogError::join)?
     }
 
+    /// Kafka's DeleteRecords on this log: raises the log start to `offset`
+    /// (-1: the high watermark), recorded durably, then deletes the sealed
+    /// segments wholly below it. Never lowers the start; an offset above
+    /// the high watermark (or negative other than -1) is
+    /// [`LogError::OffsetOutOfRange`]. Returns the new log start (Kafka's
+    /// low watermark).
+    pub async fn delete_records(&self, offset: i64) -> Result<i64, LogError> {
+        self.inner.check_not_deleted()?;
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let _pass = inner.retention_lock.lock();
+            let hw = inner.high_watermark.load(Ordering::Acquire);
+            let target = if offset == -1 { hw } else { offset };
+            if !(0..=hw).contains(&target) {
+                return Err(LogError::OffsetOutOfRange {
+                    requested: offset,
+                    start: inner.state.lock().log_start,
+                    end: hw,
+                });
+            }
+            inner.raise_log_start(target)
+        })
+        .await
+        .map_err(LogError::join)?
+    }
+
+    /// A follower following its leader's log start: raises this log's
+    /// start to `offset`, capped at the high watermark (so never past what
+    /// this replica holds). Returns the log start.
+    pub async fn follow_log_start(&self, offset: i64) -> Result<i64, LogError> {
+        if offset <= self.log_start_offset() {
+            return Ok(self.log_start_offset());
+        }
+        self.inner.check_not_deleted()?;
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let _pass = inner.retention_lock.lock();
+            inner.raise_log_start(offset.min(inner.high_watermark.load(Ordering::Acquire)))
+        })
+        .await
+        .map_err(LogError::join)?
+    }
+
     /// Cuts the log back to end at `offset` (a follower dropping records
     /// its new leader does not have). The cut falls on a batch boundary: a
     /// batch holding `offset` goes too. An `offset` below the log start
@@ -889,6 +974,8 @@ impl PartitionLog {
             let _appends = guard;
             // No fsync may advance the local end past the cut meanwhile.
             let _flush = inner.flush_lock.blocking_lock();
+            // Nor may a cleaner pass swap segments under it.
+            let _pass = inner.retention_lock.lock();
             f(&inner)
         })
         .await
@@ -1029,6 +1116,25 @@ fn retention_victims(
     victims
 }
 
+/// The log start recorded in `dir`, if any (an unreadable record is
+/// ignored: the first segment's base stands in).
+fn read_log_start(dir: &Path) -> Option<i64> {
+    let path = dir.join(LOG_START_FILE);
+    let text = match fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot read the log start offset");
+            return None;
+        }
+    };
+    let parsed = text.trim().parse().ok();
+    if parsed.is_none() {
+        tracing::warn!(path = %path.display(), "unreadable log start offset; ignored");
+    }
+    parsed
+}
+
 /// A file's modification time in ms since the epoch.
 fn modified_ms(path: &Path) -> Option<i64> {
     let modified = fs::metadata(path).ok()?.modified().ok()?;
@@ -1115,41 +1221,67 @@ impl Inner {
         } else {
             HashMap::new()
         };
-        // (1) Out of the segment list, under the lock: from here on reads
-        // below the new start are out of range.
-        let (victims, start, size_bytes) = {
-            let mut state = self.state.lock();
-            if state.deleted {
-                return Err(LogError::Deleted(self.dir.display().to_string()));
-            }
+        let (victims, start) = self.delete_front_segments(config.flush, |state| {
             let sealed: Vec<SegmentInfo> = {
                 let n = state.segments.len().saturating_sub(1);
                 state.segments.values().take(n).copied().collect()
             };
             let hw = self.high_watermark.load(Ordering::Acquire);
-            let victims = retention_victims(&sealed, state.size_bytes, hw, config, now_ms, |s| {
+            retention_victims(&sealed, state.size_bytes, hw, config, now_ms, |s| {
                 if s.max_timestamp >= 0 {
                     s.max_timestamp
                 } else {
                     // Unknown age: keep it.
                     mtimes.get(&s.base).copied().unwrap_or(now_ms)
                 }
+            })
+        })?;
+        let mut deleted = Vec::with_capacity(victims.len());
+        for (seg, reason) in victims {
+            self.note_deleted(&seg, reason.as_str(), start);
+            deleted.push(DeletedSegment {
+                base_offset: seg.base,
+                end_offset: seg.end,
+                size_bytes: seg.size,
+                reason,
             });
+        }
+        Ok(deleted)
+    }
+
+    /// Deletes the segments `pick` chooses — sealed ones at the front of
+    /// the log, oldest first, each with a tag — crash-safe (see the module
+    /// docs of [`crate::log`]): (1) they leave the segment list under the
+    /// lock, so from then on reads below the new start are out of range;
+    /// (2) their files are renamed `.deleted`, oldest first, the directory
+    /// fsynced after each (unless `flush` is [`FlushPolicy::Os`]) so a
+    /// crash never leaves a hole; (3) the renamed files are unlinked.
+    /// Returns what went and the log start after. The caller holds the
+    /// retention lock.
+    fn delete_front_segments<T>(
+        &self,
+        flush: FlushPolicy,
+        pick: impl FnOnce(&State) -> Vec<(SegmentInfo, T)>,
+    ) -> Result<(Vec<(SegmentInfo, T)>, i64), LogError> {
+        let (victims, start, size_bytes) = {
+            let mut state = self.state.lock();
+            if state.deleted {
+                return Err(LogError::Deleted(self.dir.display().to_string()));
+            }
+            let victims = pick(&state);
             for (seg, _) in &victims {
                 state.segments.remove(&seg.base);
                 state.size_bytes -= seg.size;
             }
-            let start = state.segments.first_key_value().map_or(0, |(b, _)| *b);
-            (victims, start, state.size_bytes)
+            let first = state.segments.first_key_value().map_or(0, |(b, _)| *b);
+            state.log_start = state.log_start.max(first);
+            (victims, state.log_start, state.size_bytes)
         };
         if victims.is_empty() {
-            return Ok(Vec::new());
+            return Ok((victims, start));
         }
         self.metrics.start_offset.set(start as f64);
         self.metrics.size_bytes.set(size_bytes as f64);
-        // (2) Rename, oldest first, each `.log` made durable before the next
-        // so that a crash never leaves a hole; (3) unlink.
-        let durable = config.flush != FlushPolicy::Os;
         let mut doomed = Vec::new();
         for (seg, _) in &victims {
             for ext in [LOG_EXT, segment::INDEX_EXT, segment::TIME_INDEX_EXT] {
@@ -1157,7 +1289,7 @@ impl Inner {
                 doomed.extend(rename_deleted(&path)?);
                 self.files.evict(&path);
             }
-            if durable {
+            if flush != FlushPolicy::Os {
                 segment::sync_dir(&self.dir).map_err(LogError::io_path("fsync", &self.dir))?;
             }
         }
@@ -1168,32 +1300,77 @@ impl Inner {
                 Err(e) => return Err(LogError::io_path("delete", &path)(e)),
             }
         }
-        let mut deleted = Vec::with_capacity(victims.len());
-        for (seg, reason) in victims {
-            tracing::info!(
-                topic = %self.topic,
-                partition = %self.partition,
-                base_offset = seg.base,
-                end_offset = seg.end,
-                size_bytes = seg.size,
-                reason = reason.as_str(),
-                log_start_offset = start,
-                "retention deleted a log segment"
-            );
-            let labels = [
-                ("topic", self.topic.clone()),
-                ("reason", reason.as_str().to_string()),
-            ];
-            metrics::counter!("runnel_retention_deleted_segments_total", &labels).increment(1);
-            metrics::counter!("runnel_retention_deleted_bytes_total", &labels).increment(seg.size);
-            deleted.push(DeletedSegment {
-                base_offset: seg.base,
-                end_offset: seg.end,
-                size_bytes: seg.size,
-                reason,
-            });
+        Ok((victims, start))
+    }
+
+    /// Logs and counts a segment deleted for `reason` (`time`, `size` or
+    /// `delete_records`).
+    fn note_deleted(&self, seg: &SegmentInfo, reason: &str, log_start: i64) {
+        tracing::info!(
+            topic = %self.topic,
+            partition = %self.partition,
+            base_offset = seg.base,
+            end_offset = seg.end,
+            size_bytes = seg.size,
+            reason,
+            log_start_offset = log_start,
+            "deleted a log segment"
+        );
+        let labels = [
+            ("topic", self.topic.clone()),
+            ("reason", reason.to_string()),
+        ];
+        metrics::counter!("runnel_retention_deleted_segments_total", &labels).increment(1);
+        metrics::counter!("runnel_retention_deleted_bytes_total", &labels).increment(seg.size);
+    }
+
+    /// Raises the log start to `offset` (never lowers it; the caller
+    /// checked it against the high watermark and holds the retention
+    /// lock): recorded durably first, then the sealed segments wholly
+    /// below it are deleted. Returns the log start.
+    fn raise_log_start(&self, offset: i64) -> Result<i64, LogError> {
+        let current = self.state.lock().log_start;
+        if offset <= current {
+            return Ok(current);
         }
-        Ok(deleted)
+        self.record_log_start(offset)?;
+        self.state.lock().log_start = offset;
+        self.metrics.start_offset.set(offset as f64);
+        tracing::info!(topic = %self.topic, partition = %self.partition, from = current, to = offset,
+            "log start offset raised");
+        self.delete_segments_below_start()
+    }
+
+    /// Deletes the sealed segments wholly below the log start; returns the
+    /// log start.
+    fn delete_segments_below_start(&self) -> Result<i64, LogError> {
+        let flush = self.config.read().flush;
+        let (deleted, start) = self.delete_front_segments(flush, |state| {
+            let sealed = state.segments.len().saturating_sub(1);
+            state
+                .segments
+                .values()
+                .take(sealed)
+                .take_while(|s| s.end <= state.log_start)
+                .map(|s| (*s, ()))
+                .collect()
+        })?;
+        for (seg, ()) in &deleted {
+            self.note_deleted(seg, "delete_records", start);
+        }
+        Ok(start)
+    }
+
+    /// Writes the log start to [`LOG_START_FILE`], durably unless the flush
+    /// policy is [`FlushPolicy::Os`].
+    fn record_log_start(&self, offset: i64) -> Result<(), LogError> {
+        let path = self.dir.join(LOG_START_FILE);
+        segment::write_file_durably(&path, format!("{offset}\n").as_bytes())
+            .map_err(LogError::io_path("write", &path))?;
+        if self.config.read().flush != FlushPolicy::Os {
+            segment::sync_dir(&self.dir).map_err(LogError::io_path("fsync", &self.dir))?;
+        }
+        Ok(())
     }
 
     /// [`PartitionLog::truncate_to`], blocking, under the append and flush
@@ -1205,7 +1382,7 @@ impl Inner {
         }
         let (start, keep) = {
             let state = self.state.lock();
-            let start = state.segments.first_key_value().map_or(0, |(b, _)| *b);
+            let start = state.log_start;
             // The segment the new end falls in (the one before a segment
             // starting exactly at `offset`).
             let keep = state.segments.range(..offset).next_back().map(|(_, s)| *s);
@@ -1235,6 +1412,11 @@ impl Inner {
                 }
             }
         };
+        if new_end < start {
+            // The batch holding `offset` straddles the log start: keeping
+            // its head would leave the log ending before it starts.
+            return self.reset_to(offset);
+        }
         // Newest segments first; each removal durable before the next.
         let later: Vec<i64> = {
             let state = self.state.lock();
@@ -1348,8 +1530,12 @@ impl Inner {
                 rolling_base_ms: None,
             };
             state.size_bytes = 0;
+            state.log_start = offset;
             self.metrics.size_bytes.set(0.0);
         }
+        // After the segments: a crash before this leaves a recorded start
+        // past the (new) end, which opening caps.
+        self.record_log_start(offset)?;
         self.metrics.start_offset.set(offset as f64);
         // The ends may move up (a follower jumping to its leader's start)
         // or down.
@@ -1406,12 +1592,7 @@ impl Inner {
 
     /// `OffsetOutOfRange` for `requested` against the log as it is now.
     fn out_of_range(&self, requested: i64) -> LogError {
-        let start = self
-            .state
-            .lock()
-            .segments
-            .first_key_value()
-            .map_or(0, |(b, _)| *b);
+        let start = self.state.lock().log_start;
         LogError::OffsetOutOfRange {
             requested,
             start,
@@ -1606,12 +1787,14 @@ impl Inner {
                     }
                 }
                 Stamp::Replica => {
-                    if header.base_offset != cursor.end {
+                    // A compacted leader's log has gaps between batches.
+                    if header.base_offset < cursor.end {
                         return Err(LogError::NotContiguous {
                             expected: cursor.end,
                             got: header.base_offset,
                         });
                     }
+                    cursor.end = header.base_offset;
                     self.note_epoch(header.partition_leader_epoch, cursor.end)?;
                     header.max_timestamp
                 }
@@ -1855,11 +2038,12 @@ impl Inner {
     fn read_blocking(&self, offset: i64, max_bytes: usize, hw: i64) -> Result<Bytes, LogError> {
         let mut from = offset;
         loop {
+            let _files = self.swap_lock.read();
             let seg = {
                 let state = self.state.lock();
-                // Retention may have moved the start since the caller
-                // checked it.
-                let start = state.segments.first_key_value().map_or(0, |(b, _)| *b);
+                // Retention or DeleteRecords may have moved the start
+                // since the caller checked it.
+                let start = state.log_start;
                 if from < start {
                     return Err(LogError::OffsetOutOfRange {
                         requested: offset,
@@ -1975,6 +2159,7 @@ impl Inner {
     }
 
     fn offset_for_timestamp(&self, ts: i64, hw: i64) -> Result<Option<(i64, i64)>, LogError> {
+        let _files = self.swap_lock.read();
         for seg in self.segments_below(hw) {
             if seg.max_timestamp < ts {
                 continue;
@@ -1999,6 +2184,7 @@ impl Inner {
         ts: i64,
         hw: i64,
     ) -> Result<ControlFlow<Option<(i64, i64)>>, LogError> {
+        let log_start = self.state.lock().log_start;
         let start = self.time_position(seg, ts)?;
         let (file, path) = self.open_log(seg.base, seg.base)?;
         let mut reader = ChunkReader::new(&file, seg.size, HEADER_SCAN_CHUNK);
@@ -2011,11 +2197,13 @@ impl Inner {
             if header.base_offset >= hw {
                 return Ok(ControlFlow::Break(None));
             }
-            if header.max_timestamp >= ts {
+            // Records below the log start are deleted, even where their
+            // segment is still on disk.
+            if header.max_timestamp >= ts && header.next_offset() > log_start {
                 let batch = Self::read_batch(&file, &path, pos, &header)?;
                 let found = Self::record_timestamps(batch, &header, &path)?
                     .into_iter()
-                    .find(|(_, t)| *t >= ts);
+                    .find(|(o, t)| *t >= ts && *o >= log_start);
                 if found.is_some() {
                     return Ok(ControlFlow::Break(found));
                 }
@@ -2039,15 +2227,19 @@ impl Inner {
     }
 
     fn max_timestamp_once(&self, hw: i64) -> Result<Option<(i64, i64)>, LogError> {
+        let _files = self.swap_lock.read();
         // (max timestamp, base offset of the first batch that has it).
         let mut best: Option<(i64, i64, SegmentInfo)> = None;
+        let log_start = self.state.lock().log_start;
         for seg in self.segments_below(hw) {
-            let candidate = if seg.max_timestamp_offset < hw {
-                (seg.max_timestamp != NO_TIMESTAMP)
-                    .then_some((seg.max_timestamp, seg.max_timestamp_offset))
+            let candidate = if seg.max_timestamp == NO_TIMESTAMP {
+                None
+            } else if (log_start..hw).contains(&seg.max_timestamp_offset) {
+                Some((seg.max_timestamp, seg.max_timestamp_offset))
             } else {
-                // The segment's max is in an append not yet visible: work
-                // out the visible part's max from its batch headers.
+                // The segment's max is in an append not yet visible, or
+                // below the log start: work out the visible part's max
+                // from its batch headers.
                 self.scan_max_timestamp(&seg, hw)?
             };
             if let Some((ts, offset)) = candidate
@@ -2070,12 +2262,13 @@ impl Inner {
             let header = header.map_err(|e| LogError::corrupt(&path, e))?;
             if header.base_offset == batch_offset {
                 let batch = Self::read_batch(&file, &path, pos, &header)?;
-                let records = Self::record_timestamps(batch, &header, &path)?;
+                let mut records = Self::record_timestamps(batch, &header, &path)?;
+                records.retain(|(o, _)| *o >= log_start);
                 // The earliest record with the largest timestamp.
                 let top = records.iter().map(|(_, t)| *t).max();
                 return Ok(match top {
                     Some(top) => records.into_iter().find(|(_, t)| *t == top),
-                    None => Some((batch_offset, ts)),
+                    None => Some((batch_offset.max(log_start), ts)),
                 });
             }
             if header.base_offset > batch_offset {
@@ -2089,13 +2282,15 @@ impl Inner {
         ))
     }
 
-    /// `(max timestamp, its first batch's base offset)` of the batches of
-    /// `seg` below `hw`, from their headers.
+    /// `(max timestamp, its first batch's base offset)` of the records of
+    /// `seg` from the log start to `hw`, from the batch headers (and the
+    /// records of the batch holding the log start).
     fn scan_max_timestamp(
         &self,
         seg: &SegmentInfo,
         hw: i64,
     ) -> Result<Option<(i64, i64)>, LogError> {
+        let log_start = self.state.lock().log_start;
         let (file, path) = self.open_log(seg.base, seg.base)?;
         let mut reader = ChunkReader::new(&file, seg.size, HEADER_SCAN_CHUNK);
         let mut pos = 0;
@@ -2108,8 +2303,24 @@ impl Inner {
             if header.base_offset >= hw {
                 break;
             }
-            if best.is_none_or(|(t, _)| header.max_timestamp > t) {
-                best = Some((header.max_timestamp, header.base_offset));
+            let visible_max = if header.next_offset() <= log_start {
+                None
+            } else if header.base_offset < log_start {
+                // The batch holding the log start: only its records from
+                // the start on count.
+                let batch = Self::read_batch(&file, &path, pos, &header)?;
+                Self::record_timestamps(batch, &header, &path)?
+                    .into_iter()
+                    .filter(|(o, _)| *o >= log_start)
+                    .map(|(_, t)| t)
+                    .max()
+            } else {
+                Some(header.max_timestamp)
+            };
+            if let Some(ts) = visible_max
+                && best.is_none_or(|(t, _)| ts > t)
+            {
+                best = Some((ts, header.base_offset));
             }
             pos += header.total_len() as u64;
         }

@@ -1406,3 +1406,290 @@ async fn idempotent_retries_are_written_once_and_survive_restart_and_failover() 
         .unwrap();
     assert_eq!((again.base_offset, again.last_offset), (120, 121));
 }
+
+/// DeleteRecords: the log start offset moves inside a segment, is kept
+/// across restarts, and every reader respects it.
+mod delete_records {
+    use super::*;
+
+    /// `(base offset, record count)` of each batch `fill` appended.
+    fn batches(written: &[(i64, Bytes)]) -> Vec<(i64, i64)> {
+        written
+            .iter()
+            .map(|(base, b)| {
+                let h = batch::validate(b).unwrap();
+                (*base, i64::from(h.last_offset_delta) + 1)
+            })
+            .collect()
+    }
+
+    fn segment_bases(dir: &Path) -> Vec<i64> {
+        segment_files(dir, "log")
+            .iter()
+            .map(|p| p.file_stem().unwrap().to_str().unwrap().parse().unwrap())
+            .collect()
+    }
+
+    fn assert_out_of_range(result: Result<Bytes, LogError>, offset: i64, start: i64) {
+        match result {
+            Err(LogError::OffsetOutOfRange {
+                requested,
+                start: s,
+                ..
+            }) => assert_eq!((requested, s), (offset, start)),
+            other => panic!("read at {offset}: {other:?}"),
+        }
+    }
+
+    /// Every record offset from `from` to the high watermark, read batch
+    /// by batch and decoded (a read from inside a batch returns all of it).
+    async fn offsets_from(log: &PartitionLog, from: i64) -> Vec<i64> {
+        let mut offsets = Vec::new();
+        let mut next = from;
+        while next < log.high_watermark() {
+            for (h, b) in split(log.read(next, 1 << 20).await.unwrap()) {
+                for r in decode_records(b).unwrap() {
+                    if r.offset >= from {
+                        offsets.push(r.offset);
+                    }
+                }
+                next = h.next_offset();
+            }
+        }
+        offsets
+    }
+
+    #[tokio::test]
+    async fn the_start_moves_inside_a_segment_and_survives_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = PartitionLog::open(dir.path(), small_segments()).unwrap();
+        let written = fill(&log, 120, 1).await;
+        let hw = log.high_watermark();
+        let bases = segment_bases(dir.path());
+        assert!(bases.len() > 5, "{bases:?}");
+        // Inside a batch of several records, inside the fourth segment.
+        let (batch_base, _) = *batches(&written)
+            .iter()
+            .find(|(b, n)| *b > bases[3] && *n >= 3 && b + n < bases[4])
+            .unwrap();
+        let target = batch_base + 1;
+
+        assert_eq!(log.delete_records(target).await.unwrap(), target);
+        assert_eq!(log.log_start_offset(), target);
+        // Whole segments below it are gone; the one holding it stays.
+        assert_eq!(segment_bases(dir.path())[0], bases[3]);
+        assert_eq!(log.size_bytes(), {
+            let on_disk: u64 = segment_files(dir.path(), "log")
+                .iter()
+                .map(|p| std::fs::metadata(p).unwrap().len())
+                .sum();
+            on_disk
+        });
+        assert!(segment_files(dir.path(), "deleted").is_empty());
+        for below in [0, bases[3], target - 1] {
+            assert_out_of_range(log.read(below, 1_000).await, below, target);
+        }
+        // From the start: the batch holding it, whole, then the rest.
+        let first = split(log.read(target, 1).await.unwrap());
+        assert_eq!(first[0].0.base_offset, batch_base);
+        assert_eq!(
+            offsets_from(&log, target).await,
+            (target..hw).collect::<Vec<_>>()
+        );
+        // A time lookup finds nothing below the start.
+        let (found, _) = log.offset_for_timestamp(0).await.unwrap().unwrap();
+        assert_eq!(found, target);
+
+        // Never lowered; -2 or beyond the high watermark is refused.
+        assert_eq!(log.delete_records(target - 1).await.unwrap(), target);
+        assert_eq!(log.delete_records(0).await.unwrap(), target);
+        for bad in [hw + 1, -2] {
+            match log.delete_records(bad).await {
+                Err(LogError::OffsetOutOfRange { requested, end, .. }) => {
+                    assert_eq!((requested, end), (bad, hw))
+                }
+                other => panic!("delete_records({bad}): {other:?}"),
+            }
+        }
+        assert_eq!(log.log_start_offset(), target);
+
+        drop(log);
+        let log = PartitionLog::open(dir.path(), small_segments()).unwrap();
+        assert_eq!(log.log_start_offset(), target);
+        assert_out_of_range(log.read(target - 1, 1_000).await, target - 1, target);
+        assert_eq!(
+            offsets_from(&log, target).await,
+            (target..hw).collect::<Vec<_>>()
+        );
+
+        // -1: up to the high watermark; only the active segment is left,
+        // and appends go on from there.
+        assert_eq!(log.delete_records(-1).await.unwrap(), hw);
+        assert_eq!(segment_files(dir.path(), "log").len(), 1);
+        assert!(log.read(hw, 1_000).await.unwrap().is_empty());
+        assert_out_of_range(log.read(hw - 1, 1_000).await, hw - 1, hw);
+        let info = log
+            .append(vec![batch_of(2, 5_000, "after")], 1)
+            .await
+            .unwrap();
+        assert_eq!(info.base_offset, hw);
+        drop(log);
+        let log = PartitionLog::open(dir.path(), small_segments()).unwrap();
+        assert_eq!(log.log_start_offset(), hw);
+        assert_eq!(offsets_from(&log, hw).await, vec![hw, hw + 1]);
+    }
+
+    #[tokio::test]
+    async fn a_start_recorded_before_a_crash_deletes_the_segments_below_it_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = PartitionLog::open(dir.path(), small_segments()).unwrap();
+        fill(&log, 80, 1).await;
+        let bases = segment_bases(dir.path());
+        drop(log);
+        // As if DeleteRecords recorded the start and the node died before
+        // deleting anything.
+        let start = bases[2] + 1;
+        std::fs::write(dir.path().join("log-start-offset"), format!("{start}\n")).unwrap();
+        let log = PartitionLog::open(dir.path(), small_segments()).unwrap();
+        assert_eq!(log.log_start_offset(), start);
+        assert_eq!(segment_bases(dir.path())[0], bases[2]);
+        // A damaged record is ignored (the first segment's base stands in),
+        // and one beyond the log end is capped at it.
+        drop(log);
+        std::fs::write(dir.path().join("log-start-offset"), "garbage").unwrap();
+        let log = PartitionLog::open(dir.path(), small_segments()).unwrap();
+        assert_eq!(log.log_start_offset(), bases[2]);
+        let end = log.log_end_offset();
+        drop(log);
+        std::fs::write(dir.path().join("log-start-offset"), format!("{}", end + 50)).unwrap();
+        let log = PartitionLog::open(dir.path(), small_segments()).unwrap();
+        assert_eq!(log.log_start_offset(), end);
+    }
+
+    #[tokio::test]
+    async fn timestamp_lookups_skip_records_below_the_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = PartitionLog::open(dir.path(), os_config()).unwrap();
+        // Offsets 0..=2, the largest timestamp at offset 1; then 3 and 4.
+        log.append(
+            vec![batch_with(&[100, 9_000, 200], Compression::None, "a")],
+            1,
+        )
+        .await
+        .unwrap();
+        log.append(vec![batch_of(1, 300, "b")], 1).await.unwrap();
+        log.append(vec![batch_of(1, 400, "c")], 1).await.unwrap();
+        assert_eq!(log.max_timestamp().await.unwrap(), Some((1, 9_000)));
+        assert_eq!(log.delete_records(2).await.unwrap(), 2);
+        assert_eq!(log.max_timestamp().await.unwrap(), Some((4, 400)));
+        assert_eq!(log.offset_for_timestamp(150).await.unwrap(), Some((2, 200)));
+        assert_eq!(log.offset_for_timestamp(5_000).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn retention_and_truncation_keep_the_start_consistent() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = LogConfig {
+            retention_bytes: 0,
+            ..small_segments()
+        };
+        let log = PartitionLog::open(dir.path(), config.clone()).unwrap();
+        let written = fill(&log, 60, 1).await;
+        let bases = segment_bases(dir.path());
+        let target = bases[1] + 1;
+        log.delete_records(target).await.unwrap();
+        // Retention deletes every sealed segment: the start follows.
+        log.enforce_retention(i64::MAX).await.unwrap();
+        let active = *segment_bases(dir.path()).last().unwrap();
+        assert_eq!(log.log_start_offset(), active);
+        drop(log);
+        let log = PartitionLog::open(dir.path(), config).unwrap();
+        assert_eq!(log.log_start_offset(), active);
+
+        // A truncation into the batch holding the start empties the log at
+        // the start instead of ending it before the start.
+        let dir = tempfile::tempdir().unwrap();
+        let log = PartitionLog::open(dir.path(), replicated(small_segments())).unwrap();
+        for (_, b) in &written {
+            let h = batch::validate(b).unwrap();
+            log.append(vec![(h, b.clone())], 1).await.unwrap();
+        }
+        log.set_high_watermark(i64::MAX);
+        let (batch_base, _) = *batches(&written).iter().find(|(_, n)| *n >= 3).unwrap();
+        let start = batch_base + 1;
+        log.delete_records(start).await.unwrap();
+        assert_eq!(log.truncate_to(start).await.unwrap(), start);
+        assert_eq!(
+            (log.log_start_offset(), log.log_end_offset()),
+            (start, start)
+        );
+        // Below the start: the log restarts there, start included.
+        assert_eq!(log.truncate_to(start - 1).await.unwrap(), start - 1);
+        assert_eq!(log.log_start_offset(), start - 1);
+        drop(log);
+        let log = PartitionLog::open(dir.path(), replicated(small_segments())).unwrap();
+        assert_eq!(
+            (log.log_start_offset(), log.log_end_offset()),
+            (start - 1, start - 1)
+        );
+    }
+
+    /// What the replica fetcher does: a follower raises its start to its
+    /// leader's (capped at its own high watermark), and an empty follower
+    /// restarted at a start inside a batch takes the whole batch.
+    #[tokio::test]
+    async fn followers_follow_the_leaders_start() {
+        let leader_dir = tempfile::tempdir().unwrap();
+        let leader = PartitionLog::open(leader_dir.path(), small_segments()).unwrap();
+        let written = fill(&leader, 60, 1).await;
+        let hw = leader.high_watermark();
+        let follower_dir = tempfile::tempdir().unwrap();
+        let follower =
+            PartitionLog::open(follower_dir.path(), replicated(small_segments())).unwrap();
+        let mut offset = 0;
+        while offset < hw {
+            let chunk = leader.read_replica(offset, 700).await.unwrap();
+            offset = follower.append_replica(chunk).await.unwrap().last_offset + 1;
+        }
+        let (batch_base, _) = *batches(&written)
+            .iter()
+            .rev()
+            .find(|(b, n)| *n >= 3 && *b > 40)
+            .unwrap();
+        let start = batch_base + 1;
+        assert_eq!(leader.delete_records(start).await.unwrap(), start);
+        // Not past what the follower knows is committed...
+        follower.set_high_watermark(20);
+        assert_eq!(follower.follow_log_start(start).await.unwrap(), 20);
+        // ...then all the way; never back.
+        follower.set_high_watermark(hw);
+        assert_eq!(follower.follow_log_start(start).await.unwrap(), start);
+        assert_eq!(follower.follow_log_start(3).await.unwrap(), start);
+        assert_eq!(
+            segment_bases(follower_dir.path())[0],
+            segment_bases(leader_dir.path())[0]
+        );
+
+        // A wiped follower restarts at the leader's start, gets the batch
+        // holding it, and restarts at that batch.
+        let wiped_dir = tempfile::tempdir().unwrap();
+        let wiped = PartitionLog::open(wiped_dir.path(), replicated(small_segments())).unwrap();
+        wiped.restart_at(start).await.unwrap();
+        let chunk = leader.read_replica(start, 1 << 20).await.unwrap();
+        match wiped.append_replica(chunk.clone()).await {
+            Err(LogError::NotContiguous { expected, got }) => {
+                assert_eq!((expected, got), (start, batch_base))
+            }
+            other => panic!("{other:?}"),
+        }
+        wiped.restart_at(batch_base).await.unwrap();
+        wiped.append_replica(chunk).await.unwrap();
+        wiped.set_high_watermark(hw);
+        assert_eq!(wiped.follow_log_start(start).await.unwrap(), start);
+        assert_eq!(wiped.log_start_offset(), start);
+        assert_eq!(
+            offsets_from(&wiped, start).await,
+            offsets_from(&leader, start).await
+        );
+    }
+}
